@@ -1,0 +1,218 @@
+"""Per-rank Petastorm loaders: an infinite, shuffled train stream and exactly-once eval.
+
+Sharding. Every (rank, DataLoader worker) pair is one *global shard*:
+``g = rank * workers + worker_id`` out of ``S = world_size * workers``. Petastorm shards
+by row group (``cur_shard``/``shard_count``) and raises NoDataAvailableError when a
+shard would get no row group, so we ask it for ``n = min(S, row_groups)`` shards and,
+where ``k`` global shards share one Petastorm shard, each keeps the rows whose
+``crc32(path) % k`` equals its own index. The shards are then disjoint and cover every
+row: eval reads each image exactly once across all ranks and workers, whatever the
+row-group layout, and train never starves a rank.
+
+Train streams are infinite (``num_epochs=None``): the trainer takes a fixed number of
+batches per epoch, so every rank runs the same number of steps. Row groups are
+shuffled by Petastorm with a per-epoch seed; rows are shuffled again in a buffer that
+spans several row groups. Augmentation randomness is keyed by (seed, epoch, shard,
+batch index), so a resumed epoch can skip batches without decoding them and still see
+exactly the batches an uninterrupted run would have seen.
+
+Batches are ``(images, labels)``: ``images`` uint8 ``[B, 3, H, W]`` (channels_last
+strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data.errors import UserError
+from data.manifest import COLUMNS
+from data.transforms import MEAN, STD, decode_eval, decode_train
+
+DEFAULT_SHUFFLE_ROWS = 1024
+# petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
+# the deprecation warnings it triggers say nothing a user can act on.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    cur_shard: int    # Petastorm's shard index
+    shard_count: int  # Petastorm's shard count, never more than the row groups
+    share: int        # global shards reading the same Petastorm shard (k)
+    index: int        # this global shard's index among them (j)
+    row_groups: int   # row groups in this Petastorm shard
+
+    def keep(self, paths) -> np.ndarray | None:
+        """Boolean mask of the rows this shard owns, or None when it owns them all."""
+        if self.share == 1:
+            return None
+        return np.fromiter((zlib.crc32(p.encode()) % self.share == self.index for p in paths),
+                           dtype=bool, count=len(paths))
+
+
+def shard_plan(global_shard: int, total_shards: int, row_groups: int) -> ShardPlan:
+    """Map a global shard onto Petastorm's row-group sharding (see module docstring)."""
+    if row_groups < 1:
+        raise UserError("the split has no row groups (is it empty?)")
+    n = min(total_shards, row_groups)
+    cur = global_shard % n
+    return ShardPlan(cur, n, len(range(cur, total_shards, n)), global_shard // n,
+                     len(range(cur, row_groups, n)))
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    url: str
+    rows: int
+    row_groups: int
+
+
+def inspect_split(url: str, num_classes: int) -> SplitLayout:
+    """Check a split's schema and labels before training; one plain line if anything is off."""
+    import pyarrow.dataset as ds
+    import pyarrow.compute as pc
+
+    try:
+        dataset = ds.dataset(url, format="parquet", exclude_invalid_files=False)
+        missing = [c for c in ("image", "label") if c not in dataset.schema.names]
+        if missing:
+            raise UserError(f"{url} has no column(s) {', '.join(missing)}: was it written by data.convert?")
+        fragments = list(dataset.get_fragments())
+        row_groups = sum(f.metadata.num_row_groups for f in fragments)
+        labels = dataset.to_table(columns=["label"]).column("label")
+    except UserError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise UserError(f"cannot read Parquet split {url}: {str(exc).splitlines()[0]}") from None
+    rows = len(labels)
+    if rows:
+        lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
+        if lo is None or lo < 0 or hi >= num_classes:
+            raise UserError(f"{url} has labels in [{lo}, {hi}] but the manifest has {num_classes} classes")
+    return SplitLayout(url, rows, row_groups)
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+class ParquetImages(IterableDataset):
+    """One (rank, worker) shard of a split, yielding decoded batches. See module docstring."""
+
+    def __init__(self, layout: SplitLayout, *, rank: int, world_size: int, batch_size: int,
+                 image_size: int, train: bool, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
+                 shuffle_rows: int = DEFAULT_SHUFFLE_ROWS):
+        self.layout, self.rank, self.world_size = layout, rank, world_size
+        self.batch_size, self.image_size, self.train = batch_size, image_size, train
+        self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
+        self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
+
+    def _reader(self, plan: ShardPlan):
+        from petastorm import make_batch_reader
+
+        return make_batch_reader(
+            self.layout.url, schema_fields=list(COLUMNS), reader_pool_type="dummy",
+            num_epochs=None if self.train else 1, shuffle_row_groups=self.train,
+            seed=(self.seed * 1_000_003 + self.epoch) if self.train else None,
+            cur_shard=plan.cur_shard, shard_count=plan.shard_count)
+
+    def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(image bytes, labels) per row group this shard reads, after the ownership filter."""
+        empty_groups = 0
+        with self._reader(plan) as reader:
+            for chunk in reader:
+                keep = plan.keep(chunk.path)
+                images, labels = (chunk.image, chunk.label) if keep is None else (chunk.image[keep], chunk.label[keep])
+                if len(labels):
+                    empty_groups = 0
+                    yield images, labels.astype(np.int64)
+                elif self.train:
+                    empty_groups += 1
+                    if empty_groups > 2 * plan.row_groups:  # a full pass and more gave nothing
+                        raise UserError(f"{self.layout.url} has too few rows for {self.world_size} rank(s) "
+                                        "x loader workers: use fewer --workers or ranks, or more data")
+
+    def _batches(self, plan: ShardPlan, shard: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Raw (bytes, labels) batches; train mixes rows across row groups in a buffer."""
+        images, labels = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+        target = self.shuffle_rows
+        for n_chunk, (new_images, new_labels) in enumerate(self._row_chunks(plan)):
+            images, labels = np.concatenate([images, new_images]), np.concatenate([labels, new_labels])
+            if len(labels) < target:
+                continue
+            if self.train:
+                perm = np.random.default_rng([self.seed, self.epoch, shard, n_chunk]).permutation(len(labels))
+                images, labels = images[perm], labels[perm]
+            n_out = max(1, (len(labels) - target // 2) // self.batch_size) if self.train else len(labels) // self.batch_size
+            for i in range(n_out):
+                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+                yield images[sl], labels[sl]
+            images, labels = images[n_out * self.batch_size:], labels[n_out * self.batch_size:]
+        if len(labels):  # only reached by finite (eval) readers: the last, partial batch
+            yield images, labels
+
+    def __iter__(self):
+        worker, workers = _worker()
+        shard = self.rank * workers + worker
+        plan = shard_plan(shard, self.world_size * workers, self.layout.row_groups)
+        # Batches are handed out round-robin over workers: batch p came from worker p % workers.
+        skip = len(range(worker, self.skip_batches, workers))
+        for b, (raw, labels) in enumerate(self._batches(plan, shard)):
+            if b < skip:
+                continue
+            if self.train:
+                rng = np.random.default_rng([self.seed, self.epoch, shard, b, 7])
+                arrays = [decode_train(x, self.image_size, rng) for x in raw]
+            else:
+                arrays = [decode_eval(x, self.image_size) for x in raw]
+            nhwc = torch.from_numpy(np.stack(arrays))
+            yield nhwc.permute(0, 3, 1, 2), torch.from_numpy(labels)
+
+
+class Batches:
+    """Iterator over a DataLoader that owns its worker processes; ``close()`` stops them."""
+
+    def __init__(self, dataset: ParquetImages, workers: int, pin_memory: bool):
+        self.dataset = dataset
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                  prefetch_factor=4 if workers else None)
+        self._it = iter(self._loader)
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(self._it)
+
+    def close(self) -> None:
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown:
+            shutdown()
+
+
+@contextlib.contextmanager
+def make_loader(layout: SplitLayout, *, workers: int = 2, pin_memory: bool = False, **kwargs) -> Iterator[Batches]:
+    """Context manager yielding :class:`Batches` over ``ParquetImages(layout, **kwargs)``."""
+    batches = Batches(ParquetImages(layout, **kwargs), workers, pin_memory)
+    try:
+        yield batches
+    finally:
+        batches.close()
+
+
+def normalize(images: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
+              channels_last: bool = True) -> torch.Tensor:
+    """uint8 ``[B,3,H,W]`` -> normalised float on ``device`` (channels_last memory by default)."""
+    x = images.to(device, non_blocking=True).to(dtype)
+    mean = torch.tensor(MEAN, device=device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device, dtype=dtype).view(1, 3, 1, 1) * 255
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return ((x - mean) / std).contiguous(memory_format=fmt)

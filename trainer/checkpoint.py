@@ -1,0 +1,112 @@
+"""Checkpoints: everything needed to continue as if never stopped, written atomically.
+
+A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``) whose keys
+are the constants below. Weights are the unwrapped model's (no ``module.`` prefix).
+Writes go to a temp file in the same folder, are fsynced, then renamed over the target,
+so a crash mid-write leaves the previous file intact and never a partial ``last.pt``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from data.errors import UserError
+
+FORMAT_VERSION = 1
+FORMAT = "format"
+MODEL = "model"
+OPTIMIZER = "optimizer"
+SCHEDULER = "scheduler"
+SCALER = "scaler"
+STEP = "step"                    # optimizer steps done in total
+EPOCH = "epoch"                  # epoch the next step belongs to
+STEP_IN_EPOCH = "step_in_epoch"  # steps of that epoch already done
+BEST_TOP1 = "best_val_top1"
+CONFIG = "config"
+RNG = "rng"
+MLFLOW_RUN_ID = "mlflow_run_id"
+CLASSES = "classes"
+DATA_FINGERPRINT = "data_fingerprint"
+MODEL_NAME = "model_name"
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def save_checkpoint(state: dict[str, Any], path: str) -> str:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({FORMAT: FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a checkpoint on CPU; a missing or unreadable file is a plain UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get(FORMAT) != FORMAT_VERSION or MODEL not in state:
+        raise UserError(f"{path} is not a checkpoint written by this trainer")
+    return state
+
+
+def find_resume(run_dir: str, resume: str | None) -> str | None:
+    """``auto`` -> RUN_DIR/checkpoints/last.pt when it exists (else start fresh); a path -> itself."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = os.path.join(checkpoint_dir(run_dir), LAST)
+        return last if os.path.isfile(last) else None
+    if not os.path.isfile(resume):
+        raise UserError(f"--resume checkpoint not found: {resume}")
+    return resume
+
+
+def check_compatible(state: dict[str, Any], *, fingerprint: str, classes: list[str], model_name: str,
+                     path: str) -> None:
+    """Refuse a checkpoint made for another data set or model, in one line."""
+    if state.get(MODEL_NAME) != model_name:
+        raise UserError(f"{path} was trained with model {state.get(MODEL_NAME)!r}, not {model_name!r}")
+    if state.get(CLASSES) != classes or state.get(DATA_FINGERPRINT) != fingerprint:
+        raise UserError(f"{path} was made for another data set (fingerprint {state.get(DATA_FINGERPRINT)}, "
+                        f"{len(state.get(CLASSES) or [])} classes; this one is {fingerprint}, {len(classes)} "
+                        "classes): use a new --out or the matching --data")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,82 @@
+"""MLflow on rank 0, and a no-op twin everywhere else (no ``if rank == 0`` in the loop)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+TRACKING_DB = "mlflow.db"
+ARTIFACTS = "mlartifacts"
+
+
+def default_tracking_uri(run_dir: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(run_dir), TRACKING_DB)
+
+
+class NullTracker:
+    """Accepts every call and does nothing: what non-zero ranks get."""
+
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str) -> None: ...
+    def log_dict(self, value: Any, name: str) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class MLflowTracker(NullTracker):
+    """One MLflow run; ``run_id`` continues an earlier run (resume keeps a single run)."""
+
+    def __init__(self, run_dir: str, experiment: str, run_id: str | None = None):
+        import logging
+
+        import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        client = mlflow.MlflowClient()
+        if run_id is None:
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                experiment_id = found.experiment_id
+            elif self.tracking_uri.startswith("sqlite:"):
+                location = "file://" + os.path.join(os.path.abspath(run_dir), ARTIFACTS)
+                experiment_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                experiment_id = client.create_experiment(experiment)
+            run_id = client.create_run(experiment_id).info.run_id
+        else:
+            client.update_run(run_id, status="RUNNING")
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = {k: str(v) for k, v in params.items() if k not in existing}
+        if fresh:  # MLflow refuses to change a param: a resumed run logs only new ones
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, v[:6000]) for k, v in fresh.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path)
+
+    def log_dict(self, value: Any, name: str) -> None:
+        self.client.log_dict(self.run_id, value, name)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def make_tracker(is_main: bool, run_dir: str, experiment: str, run_id: str | None = None) -> NullTracker:
+    return MLflowTracker(run_dir, experiment, run_id) if is_main else NullTracker()

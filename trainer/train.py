@@ -1,0 +1,318 @@
+"""The DDP training program: ``torchrun --nproc-per-node N -m trainer.train --data D --out R``.
+
+Shape after torchvision's reference script: :func:`train_one_epoch`, :func:`evaluate`,
+:func:`main`. Every rank runs exactly ``steps_per_epoch`` optimizer steps per epoch from
+an infinite per-rank Petastorm stream; validation reads each image once across ranks
+and reduces sums; rank 0 alone prints, writes checkpoints and talks to MLflow.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from data.errors import UserError, cli
+from data.loader import SplitLayout, inspect_split, make_loader, normalize
+from data.manifest import Manifest, split_url
+from trainer import checkpoint as ck
+from trainer.config import TrainConfig, parse_args
+from trainer.distributed import DistInfo, all_reduce_sum, compute_cleanup, compute_init, print0
+from trainer.metrics import ClassificationSums
+from trainer.model import build_model
+from trainer.schedule import warmup_cosine
+from trainer.tracking import NullTracker, make_tracker
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+    step: int = 0           # optimizer steps done
+    epoch: int = 0          # epoch the next step belongs to
+    step_in_epoch: int = 0  # steps of that epoch done
+    best_top1: float = -1.0
+    last_val: dict = field(default_factory=dict)
+    images: int = 0         # images trained on by this process, this session
+    busy_s: float = 0.0     # wall time of those steps
+    wait_s: float = 0.0     # of which waiting for the loader
+
+
+@dataclass
+class Job:
+    """Everything a run holds, built once by :func:`setup`."""
+    cfg: TrainConfig
+    dist: DistInfo
+    manifest: Manifest
+    train: SplitLayout
+    val: SplitLayout | None
+    steps_per_epoch: int
+    model: nn.Module          # the DDP-wrapped model (or the model itself in a world of one)
+    model_without_ddp: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    tracker: NullTracker
+    progress: Progress
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+
+    def loader(self, layout: SplitLayout, train: bool, epoch: int = 0, skip: int = 0):
+        return make_loader(layout, workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda",
+                           rank=self.dist.rank, world_size=self.dist.world_size,
+                           batch_size=self.cfg.batch_size, image_size=self.cfg.image_size, train=train,
+                           seed=self.cfg.seed, epoch=epoch, skip_batches=skip)
+
+    def inputs(self, images: torch.Tensor, labels: torch.Tensor):
+        x = normalize(images, self.dist.device, channels_last=self.channels_last)
+        return x, labels.to(self.dist.device, non_blocking=True)
+
+    def state(self) -> dict:
+        p = self.progress
+        return {
+            ck.MODEL: self.model_without_ddp.state_dict(), ck.OPTIMIZER: self.optimizer.state_dict(),
+            ck.SCHEDULER: self.scheduler.state_dict(), ck.SCALER: self.scaler.state_dict(),
+            ck.STEP: p.step, ck.EPOCH: p.epoch, ck.STEP_IN_EPOCH: p.step_in_epoch, ck.BEST_TOP1: p.best_top1,
+            ck.CONFIG: self.cfg.to_dict(), ck.RNG: ck.rng_state(), ck.MLFLOW_RUN_ID: self.tracker.run_id,
+            ck.CLASSES: self.manifest.classes, ck.DATA_FINGERPRINT: self.manifest.fingerprint,
+            ck.MODEL_NAME: self.cfg.model,
+        }
+
+    def save(self, name: str) -> str | None:
+        if not self.dist.is_main:
+            return None
+        return ck.save_checkpoint(self.state(), os.path.join(ck.checkpoint_dir(self.cfg.out), name))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
+             prepare=None, autocast=contextlib.nullcontext) -> ClassificationSums:
+    """Loss/top-1/top-5/confusion over this rank's share, then summed over all ranks.
+
+    ``model`` must be the unwrapped model: ranks hold different numbers of batches, and
+    a DDP forward could wait on a collective that a finished rank never joins.
+    """
+    model.eval()
+    sums = ClassificationSums(num_classes)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, labels in batches:
+        x, y = prepare(images, labels) if prepare else (images.to(device), labels.to(device))
+        with autocast():
+            logits = model(x)
+        sums.update(logits, y, float(criterion(logits.float(), y)))
+    return sums.reduce()
+
+
+def validate(job: Job) -> dict:
+    """Run :func:`evaluate` on the val split; log it, keep ``best.pt`` when top-1 improves."""
+    with job.loader(job.val, train=False) as batches:
+        res = evaluate(job.model_without_ddp, batches, job.dist.device, job.manifest.num_classes,
+                       job.inputs, job.autocast).results()
+    p = job.progress
+    p.last_val = res
+    job.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, p.step)
+    print0(f"step {p.step}/{job.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
+           f"top5 {res['top5']:.4f}  ({res['count']} images)")
+    if res["top1"] > p.best_top1:
+        p.best_top1 = res["top1"]
+        job.save(ck.BEST)
+    job.model.train()
+    return res
+
+
+def train_one_epoch(job: Job, batches, bar) -> None:
+    """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all."""
+    cfg, p, model = job.cfg, job.progress, job.model
+    model.train()
+    window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+    while p.step_in_epoch < job.steps_per_epoch:
+        t0 = time.perf_counter()
+        images, labels = next(batches)
+        t1 = time.perf_counter()
+        x, y = job.inputs(images, labels)
+        with job.autocast():
+            loss = job.criterion(model(x), y)
+        job.optimizer.zero_grad(set_to_none=True)
+        job.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            job.scaler.unscale_(job.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        job.scaler.step(job.optimizer)
+        job.scaler.update()
+        job.scheduler.step()
+        p.step += 1
+        p.step_in_epoch += 1
+        window_images += len(labels)
+        window_wait += t1 - t0
+        if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch:
+            # The ranks' current losses, averaged (reading it syncs the device: only here).
+            ranks_loss = all_reduce_sum(torch.tensor([loss.detach().float().item(), 1.0], dtype=torch.float64))
+            elapsed = time.perf_counter() - window_start
+            metrics = {"train_loss": float(ranks_loss[0] / ranks_loss[1]),
+                       "lr": job.scheduler.get_last_lr()[0],
+                       "train_images_per_s": window_images * job.dist.world_size / elapsed,
+                       "data_wait_fraction": window_wait / elapsed}
+            job.tracker.log_metrics(metrics, p.step)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", lr=f"{metrics['lr']:.2e}",
+                            img_s=f"{metrics['train_images_per_s']:.0f}")
+            p.images += window_images
+            p.busy_s += elapsed
+            p.wait_s += window_wait
+            window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+        bar.update(1)
+        if job.val is not None and cfg.val_every and p.step % cfg.val_every == 0:
+            validate(job)
+            window_start = time.perf_counter()
+        if cfg.ckpt_every and p.step % cfg.ckpt_every == 0:
+            job.save(ck.LAST)
+
+
+def _steps_per_epoch(cfg: TrainConfig, train: SplitLayout, world_size: int) -> int:
+    per_rank = train.rows // world_size
+    if per_rank < cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than a rank's share of the train split "
+                        f"({train.rows} rows / {world_size} ranks = {per_rank}): lower it or use fewer ranks")
+    return cfg.steps_per_epoch or train.rows // (cfg.batch_size * world_size)
+
+
+def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
+    """Check inputs, build model/optimizer/schedule, restore a checkpoint if resuming."""
+    manifest = Manifest.load(cfg.data)
+    if cfg.decode == "gpu" and dist.device.type != "cuda":
+        raise UserError("--decode gpu needs a CUDA device; use --decode cpu")
+    train = inspect_split(split_url(cfg.data, "train"), manifest.num_classes)
+    val_split = manifest.splits.get("val")
+    val = inspect_split(split_url(cfg.data, "val"), manifest.num_classes) if val_split and val_split.rows else None
+    steps_per_epoch = _steps_per_epoch(cfg, train, dist.world_size)
+    resume_path = ck.find_resume(cfg.out, cfg.resume)
+    resumed = ck.load_checkpoint(resume_path) if resume_path else None
+    if resumed is not None:
+        ck.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
+                            model_name=cfg.model, path=resume_path)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, manifest.num_classes, cfg.weights, cfg.weights_path).to(dist.device)
+    cuda = dist.device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=False)  # bf16 needs no loss scaling
+    progress = Progress()
+    run_id = None
+    if resumed is not None:
+        model.load_state_dict(resumed[ck.MODEL])
+        optimizer.load_state_dict(resumed[ck.OPTIMIZER])
+        scheduler.load_state_dict(resumed[ck.SCHEDULER])
+        scaler.load_state_dict(resumed[ck.SCALER])
+        ck.set_rng_state(resumed[ck.RNG])
+        progress = Progress(step=resumed[ck.STEP], epoch=resumed[ck.EPOCH],
+                            step_in_epoch=resumed[ck.STEP_IN_EPOCH], best_top1=resumed[ck.BEST_TOP1])
+        run_id = resumed[ck.MLFLOW_RUN_ID]
+        print0(f"resuming from {resume_path} at step {progress.step} (epoch {progress.epoch + 1}, "
+               f"step {progress.step_in_epoch} of {steps_per_epoch})")
+    ddp = DDP(model, device_ids=[dist.device.index] if cuda else None) if dist.distributed else model
+    precision = "bf16" if cfg.precision == "auto" and cuda else cfg.precision
+    return Job(cfg, dist, manifest, train, val, steps_per_epoch, ddp, model, optimizer, scheduler, scaler,
+               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+               make_tracker(dist.is_main, cfg.out, cfg.experiment, run_id), progress,
+               torch.bfloat16 if precision == "bf16" else None, cuda)
+
+
+def fit(job: Job) -> dict:
+    """Train to ``epochs * steps_per_epoch`` steps from wherever ``job.progress`` stands."""
+    cfg, p = job.cfg, job.progress
+    job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size,
+                            "steps_per_epoch": job.steps_per_epoch, "num_classes": job.manifest.num_classes,
+                            "data_fingerprint": job.manifest.fingerprint})
+    job.tracker.log_dict(job.manifest.classes, "classes.json")
+    job.tracker.log_dict(cfg.to_dict(), "config.json")
+    print0(f"training {cfg.model} on {job.train.rows} images, {job.manifest.num_classes} classes: "
+           f"{job.dist.world_size} rank(s) x batch {cfg.batch_size}, {cfg.epochs} epochs x "
+           f"{job.steps_per_epoch} steps, device {job.dist.device.type}")
+    bar = tqdm(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
+               disable=not (cfg.progress and job.dist.is_main))
+    try:
+        while p.epoch < cfg.epochs:
+            bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
+            with job.loader(job.train, train=True, epoch=p.epoch, skip=p.step_in_epoch) as batches:
+                train_one_epoch(job, batches, bar)
+            validated = cfg.val_every and p.step % cfg.val_every == 0
+            if job.val is not None and not validated:
+                validate(job)
+            p.epoch, p.step_in_epoch = p.epoch + 1, 0
+            job.save(ck.LAST)
+        if job.val is not None and not p.last_val:  # resumed after the last step: report anyway
+            validate(job)
+    finally:
+        bar.close()
+    return summarize(job)
+
+
+def summarize(job: Job) -> dict:
+    p, val = job.progress, job.progress.last_val
+    stats = all_reduce_sum(torch.tensor([p.images, p.busy_s, p.wait_s], dtype=torch.float64))
+    world = job.dist.world_size
+    summary = {
+        "steps": p.step, "steps_per_epoch": job.steps_per_epoch, "epochs": job.cfg.epochs,
+        "world_size": world, "val_top1": val.get("top1"), "val_top5": val.get("top5"),
+        "val_loss": val.get("loss"), "val_count": val.get("count"), "best_val_top1": max(p.best_top1, 0.0),
+        "train_images_per_s": float(stats[0] / (stats[1] / world)) if stats[1] else None,
+        "data_wait_fraction": float(stats[2] / stats[1]) if stats[1] else None,
+        "run_dir": os.path.abspath(job.cfg.out), "mlflow_run_id": job.tracker.run_id,
+        "mlflow_tracking_uri": job.tracker.tracking_uri,
+    }
+    if job.dist.is_main:
+        with open(os.path.join(job.cfg.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        best = os.path.join(ck.checkpoint_dir(job.cfg.out), ck.BEST)
+        if os.path.isfile(best):
+            job.tracker.log_artifact(best)
+        job.tracker.log_artifact(os.path.join(job.cfg.out, "summary.json"))
+    return summary
+
+
+def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
+    """Train; returns the summary dict on rank 0 (None on other ranks)."""
+    cfg = argv if isinstance(argv, TrainConfig) else parse_args(argv)
+    os.makedirs(cfg.out, exist_ok=True)
+    dist = compute_init(cfg.dist_timeout)
+    job = None
+    try:
+        job = setup(cfg, dist)
+        summary = fit(job)
+        job.tracker.close()
+        return summary if dist.is_main else None
+    except BaseException:
+        if job is not None:
+            job.tracker.close("FAILED")
+        raise
+    finally:
+        compute_cleanup()
+
+
+if __name__ == "__main__":
+    cli(main)(sys.argv[1:])
