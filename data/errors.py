@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -22,7 +23,9 @@ def cli(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            where = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+            print(f"{where}error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
