@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.errors import UserError
-from data.manifest import COLUMNS
+from data.manifest import COLUMNS, arrow_url
 from data.transforms import MEAN, STD, decode_eval, decode_train
 
 DEFAULT_SHUFFLE_ROWS = 1024
@@ -80,7 +80,7 @@ def inspect_split(url: str, num_classes: int) -> SplitLayout:
     import pyarrow.compute as pc
 
     try:
-        dataset = ds.dataset(url, format="parquet", exclude_invalid_files=False)
+        dataset = ds.dataset(arrow_url(url), format="parquet", exclude_invalid_files=False)
         missing = [c for c in ("image", "label") if c not in dataset.schema.names]
         if missing:
             raise UserError(f"{url} has no column(s) {', '.join(missing)}: was it written by data.convert?")

@@ -74,14 +74,10 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: str) -> "Manifest":
-        path = os.path.join(strip_file_scheme(folder), MANIFEST)
-        if not os.path.isdir(strip_file_scheme(folder)):
-            raise UserError(f"data folder not found: {folder}")
-        if not os.path.isfile(path):
-            raise UserError(f"{path} not found: is {folder} the --out of `python -m data.convert`?")
+        """Read ``<folder>/manifest.json``: a local path or any URL pyarrow reads (file, s3/s3a, hdfs, gs)."""
+        path, data = read_manifest_bytes(folder)
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
+            raw = json.loads(data)
             if raw.get("schema_version") != SCHEMA_VERSION:
                 raise UserError(
                     f"{path} has schema version {raw.get('schema_version')}, this code reads "
@@ -102,13 +98,46 @@ class Manifest:
         return self.splits[name]
 
 
-def strip_file_scheme(url: str) -> str:
-    """``file:///a/b`` -> ``/a/b``; other strings unchanged (manifests are read locally)."""
-    return url[len("file://"):] if url.startswith("file://") else url
-
-
 def split_url(data: str, split: str) -> str:
     """URL of a split folder for Petastorm: local paths become ``file://`` URLs."""
     if "://" in data:
         return data.rstrip("/") + "/" + split
     return "file://" + os.path.abspath(os.path.join(data, split))
+
+def arrow_url(url: str) -> str:
+    """The URL as pyarrow names it: Spark's ``s3a://`` and ``s3n://`` are pyarrow's ``s3://``."""
+    scheme, sep, rest = url.partition("://")
+    return f"s3://{rest}" if sep and scheme.lower() in ("s3a", "s3n") else url
+
+
+def _check_found(folder: str, path: str, folder_found: bool, file_found: bool) -> None:
+    if not folder_found:
+        raise UserError(f"data folder not found: {folder}")
+    if not file_found:
+        raise UserError(f"{path} not found: is {folder} the --out of `python -m data.convert`?")
+
+
+def read_manifest_bytes(folder: str) -> tuple[str, bytes]:
+    """(where it is, contents) of ``<folder>/manifest.json``; one plain line if it is missing.
+
+    Local paths are read directly; URLs (``file://`` included) through
+    ``pyarrow.fs.FileSystem.from_uri``, so a data set on HDFS or S3 trains as it is.
+    """
+    if "://" not in folder:
+        path = os.path.join(folder, MANIFEST)
+        _check_found(folder, path, os.path.isdir(folder), os.path.isfile(path))
+        with open(path, "rb") as f:
+            return path, f.read()
+    import pyarrow.fs as pafs
+
+    path = folder.rstrip("/") + "/" + MANIFEST
+    try:
+        fs, base = pafs.FileSystem.from_uri(arrow_url(folder))
+        where, found = fs.get_file_info([base, base.rstrip("/") + "/" + MANIFEST])
+        _check_found(folder, path, where.type == pafs.FileType.Directory, found.type == pafs.FileType.File)
+        with fs.open_input_stream(found.path) as f:
+            return path, f.read()
+    except UserError:
+        raise
+    except Exception as exc:  # pyarrow raises several types (no libhdfs, no credentials, ...)
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
