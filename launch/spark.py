@@ -1,0 +1,194 @@
+"""Start the trainer from Spark with TorchDistributor, the successor of HorovodRunner.
+
+From a notebook (the SparkSession already running)::
+
+    from launch.spark import run
+    summary = run(["--data", "s3://bucket/food101", "--out", "/dbfs/runs/r1"], num_processes=8)
+
+From a shell::
+
+    python -m launch.spark --num-processes 2 -- --data demo/data --out demo/run --epochs 1
+
+``local_mode=True`` (default) starts ``num_processes`` training processes on the driver;
+``local_mode=False`` (``--cluster``) runs one process per Spark task on the executors,
+one GPU each when ``spark.task.resource.gpu.amount`` is 1. Either way every process
+calls :func:`trainer.train.main` with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set by the
+``torchrun`` that TorchDistributor starts, and rank 0's summary comes back here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from data.errors import UserError, cli
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+
+# A rank that hits a UserError returns {USER_ERROR: message}. TorchDistributor only
+# carries return values back: its torchrun wrapper exits 0 whatever the ranks did.
+USER_ERROR = "sparkdp_user_error"
+
+
+def train_on_rank(cfg: "TrainConfig", hide_gpus: bool) -> dict | None:
+    """What every TorchDistributor process runs: the trainer, with user errors returned.
+
+    TorchDistributor's local mode has all processes pickle their return value to one
+    file, so the last to finish wins. Only rank 0 holds the summary, so the other
+    processes of a node leave without writing (``SystemExit(0)``: a clean exit for
+    torchrun). In cluster mode each Spark task has its own file (LOCAL_RANK is 0).
+    """
+    if hide_gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from trainer.train import main
+
+    try:
+        summary = main(cfg)
+    except UserError as exc:
+        print(f"[rank {os.environ.get('RANK', '0')}] error: {exc}", file=sys.stderr, flush=True)
+        return {USER_ERROR: str(exc)}
+    if summary is None and int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        sys.stdout.flush()
+        raise SystemExit(0)
+    return summary
+
+
+def trainer_config(trainer_args: list[str]) -> "TrainConfig":
+    """Parse the trainer's arguments on the driver, so a typo fails before any process starts.
+
+    Local ``--data``/``--out`` paths become absolute: executors do not share the
+    driver's working directory.
+    """
+    from trainer.config import parse_args
+
+    try:
+        cfg = parse_args(list(trainer_args))
+    except SystemExit as exc:  # argparse has printed the usage and the reason (or --help)
+        if not exc.code:
+            raise
+        raise UserError(f"trainer arguments rejected: {' '.join(trainer_args)}") from None
+    if "://" not in cfg.data:
+        cfg.data = os.path.abspath(cfg.data)
+    cfg.out = os.path.abspath(cfg.out)
+    return cfg
+
+
+def gpu_conf_key(local_mode: bool) -> str:
+    """The Spark setting TorchDistributor reads for GPUs in this mode."""
+    return "spark.driver.resource.gpu.amount" if local_mode else "spark.task.resource.gpu.amount"
+
+
+def spark_gpus(spark, local_mode: bool) -> bool:
+    """Whether the Spark conf gives this mode GPUs (what TorchDistributor's use_gpu needs)."""
+    try:
+        amount = float(spark.conf.get(gpu_conf_key(local_mode), "0"))
+    except ValueError:
+        return False
+    if not local_mode or amount < 1:
+        return amount >= 1
+    try:
+        return "gpu" in spark.sparkContext.resources
+    except Exception:  # Spark Connect has no SparkContext
+        return False
+
+
+def check_driver_gpus(num_processes: int) -> None:
+    """Local mode with GPUs Spark does not know about: the ranks will share them, so
+    refuse more ranks than GPUs (NCCL cannot put two ranks on one device)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if 0 < gpus < num_processes:
+        raise UserError(f"{num_processes} processes but the driver has {gpus} GPU(s): use at most {gpus}, "
+                        "or use_gpu=False (--no-gpu) to train on CPU")
+
+
+def run(trainer_args: list[str], num_processes: int = 1, local_mode: bool = True,
+        use_gpu: bool | None = None, spark=None) -> dict:
+    """Train through TorchDistributor; returns rank 0's summary dict.
+
+    ``use_gpu``: None picks GPUs when the Spark conf declares them (local mode:
+    ``spark.driver.resource.gpu.amount``, cluster: ``spark.task.resource.gpu.amount``);
+    in local mode a driver whose GPUs Spark does not know about still trains on them.
+    True insists (one clear error if Spark has none), False trains on CPU.
+    ``spark``: the session to use (default: the active one, else a new ``local[*]``).
+    """
+    if num_processes < 1:
+        raise UserError("num_processes must be >= 1")
+    cfg = trainer_config(trainer_args)
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession() or start_spark("local[*]")
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    has_gpus = spark_gpus(spark, local_mode)
+    if use_gpu and not has_gpus:
+        raise UserError(f"use_gpu=True but Spark has no GPUs for this mode: set {gpu_conf_key(local_mode)} "
+                        "(and a GPU discovery script), or leave use_gpu unset / pass --no-gpu")
+    if local_mode and use_gpu is None and not has_gpus:
+        check_driver_gpus(num_processes)
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode,
+                                   use_gpu=has_gpus if use_gpu is None else use_gpu)
+    summary = distributor.run(train_on_rank, cfg, use_gpu is False)
+    if isinstance(summary, dict) and USER_ERROR in summary:
+        raise UserError(summary[USER_ERROR])
+    if not isinstance(summary, dict):
+        raise RuntimeError(f"TorchDistributor returned {summary!r} instead of rank 0's summary")
+    return summary
+
+
+def start_spark(master: str, conf: dict[str, str] | None = None):
+    """A SparkSession on ``master``; a local master's tasks run this interpreter (its venv)."""
+    from data.spark import get_spark
+
+    if master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return get_spark(master, {"spark.ui.showConsoleProgress": "false", **(conf or {})})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch.spark", allow_abbrev=False,
+        description="Run trainer.train through Spark's TorchDistributor. "
+                    "Everything after `--` goes to the trainer (see python -m trainer.train --help).")
+    p.add_argument("--num-processes", type=int, default=1, help="training processes (ranks)")
+    p.add_argument("--cluster", action="store_true",
+                   help="one process per Spark task on the executors (default: all on the driver)")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
+                     help="require GPUs from the Spark conf")
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPU")
+    p.add_argument("--master", help="Spark master URL (default: local[N], N = --num-processes)")
+    p.add_argument("--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI: start Spark, run :func:`run`, print the summary as JSON."""
+    from data.spark import parse_conf
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        args, trainer_args = build_parser().parse_args(argv[:cut]), argv[cut + 1:]
+    else:
+        args, trainer_args = build_parser().parse_known_args(argv)
+    if not trainer_args:
+        raise UserError("no trainer arguments: add `-- --data DATA --out RUN_DIR ...`")
+    trainer_config(trainer_args)  # fail on a typo before starting Spark
+    spark = start_spark(args.master or f"local[{max(args.num_processes, 1)}]", parse_conf(args.spark_conf))
+    try:
+        summary = run(trainer_args, args.num_processes, local_mode=not args.cluster,
+                      use_gpu=args.use_gpu, spark=spark)
+    finally:
+        spark.stop()
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    cli(main)()
