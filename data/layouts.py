@@ -1,0 +1,132 @@
+"""Input layouts: where the images are, which class each belongs to, official splits.
+
+* ``folder``: ``DIR/<class>/<...>/<file>``; the class is the first folder level (nested
+  sub-folders belong to it); classes are ordered by sorted folder name.
+* ``food101``: the Food-101 download, ``food-101/images/<class>/<id>.jpg`` plus
+  ``food-101/meta/{classes.txt,train.txt,test.txt}``; DIR may be ``food-101`` or its
+  parent. Classes follow ``classes.txt``; the official test list is the test split and
+  val is carved out of the official train list (see :mod:`data.splits`).
+
+Paths are relative to the layout's image root (DIR, or ``food-101/images``) with
+forward slashes. Hidden files and folders (name starting with ``.``) and files
+without an image extension are not part of the data set (skipped, not rejected).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from data.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+LAYOUTS = ("auto", "folder", "food101")
+ALL = "all"  # the part of an image that has no official split
+FOOD101_META = ("classes.txt", "train.txt", "test.txt")
+SPARK_HIDDEN = (".", "_")  # Spark's file listing skips names starting with these
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A detected input layout. ``official`` maps Food-101 ``class/id`` to train/test."""
+
+    name: str
+    root: str
+    classes: tuple[str, ...] | None = None
+    official: Mapping[str, str] | None = None
+
+    def locate(self, relpath: str) -> tuple[str, str] | None:
+        """``(class, part)`` of the file at ``relpath``, or None if it is not a data set
+        image (hidden, not an image extension, outside a class folder, not listed)."""
+        parts = relpath.split("/")
+        if len(parts) < 2 or any(not p or p.startswith(".") for p in parts):
+            return None
+        stem, ext = os.path.splitext(relpath)
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            return None
+        cls = parts[0]
+        if self.official is None:
+            return cls, ALL
+        part = self.official.get(stem)
+        return (cls, part) if part is not None else None
+
+    def class_order(self, found: Iterable[str]) -> list[str]:
+        """The ordered class list (index = label), given the class names seen."""
+        if self.classes is not None:
+            return list(self.classes)
+        return sorted(set(found))
+
+    def spark_ignored_folders(self) -> list[str]:
+        """Class folders Spark will not read (it skips names starting with ``_``)."""
+        try:
+            return sorted(e.name for e in os.scandir(self.root) if e.is_dir() and e.name.startswith("_"))
+        except OSError:
+            return []
+
+    def empty_files(self) -> list[str]:
+        """Relative paths of zero-byte data set images. Spark's file sources drop empty
+        files without a word, so they are found here (local roots) to be rejected."""
+        found = []
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(SPARK_HIDDEN)]
+            for name in files:
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+                if (not name.startswith(SPARK_HIDDEN) and self.locate(rel) is not None
+                        and os.path.getsize(path) == 0):
+                    found.append(rel)
+        return sorted(found)
+
+
+def image_glob() -> str:
+    """A case-insensitive Hadoop glob for image file names (Spark ``pathGlobFilter``)."""
+    def anycase(ext: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext[1:])
+    return "*.{" + ",".join(anycase(e) for e in IMAGE_EXTENSIONS) + "}"
+
+
+def detect(images: str, layout: str = "auto") -> Layout:
+    """The layout of the folder ``images`` (``auto``, ``folder`` or ``food101``)."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    root = os.path.abspath(images)
+    if not os.path.isdir(root):
+        raise UserError(f"--images folder not found: {images}")
+    food = _food101_root(root)
+    if layout == "food101" and food is None:
+        raise UserError(
+            f"{images} is not a Food-101 folder: expected images/ and meta/{{{','.join(FOOD101_META)}}} "
+            "in it or in its food-101/ sub-folder")
+    if layout == "folder" or food is None:
+        return Layout("folder", root)
+    return _load_food101(food)
+
+
+def _food101_root(root: str) -> str | None:
+    for cand in (root, os.path.join(root, "food-101")):
+        meta = os.path.join(cand, "meta")
+        if os.path.isdir(os.path.join(cand, "images")) and all(
+                os.path.isfile(os.path.join(meta, m)) for m in FOOD101_META):
+            return cand
+    return None
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _load_food101(food: str) -> Layout:
+    meta = os.path.join(food, "meta")
+    classes = tuple(_read_lines(os.path.join(meta, "classes.txt")))
+    if not classes or len(set(classes)) != len(classes):
+        raise UserError(f"{meta}/classes.txt must list each class once")
+    official: dict[str, str] = {}
+    for part in ("train", "test"):
+        for entry in _read_lines(os.path.join(meta, f"{part}.txt")):
+            cls = entry.split("/", 1)[0]
+            if cls not in classes:
+                raise UserError(f"{meta}/{part}.txt lists {entry!r}, whose class is not in classes.txt")
+            if official.setdefault(entry, part) != part:
+                raise UserError(f"{meta}: {entry!r} is in both train.txt and test.txt")
+    return Layout("food101", os.path.join(food, "images"), classes, official)
