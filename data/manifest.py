@@ -36,6 +36,7 @@ class Manifest:
     rejected: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    stats: dict[str, Any] = field(default_factory=dict)  # how the conversion went (not identity)
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +64,7 @@ class Manifest:
             "splits": {k: vars(v) for k, v in self.splits.items()},
             "rejected": self.rejected,
             "options": self.options,
+            "stats": self.stats,
         }
 
     def save(self, folder: str) -> str:
@@ -88,6 +90,7 @@ class Manifest:
                 splits={k: SplitInfo(**v) for k, v in raw["splits"].items()},
                 rejected=int(raw.get("rejected", 0)),
                 options=dict(raw.get("options", {})),
+                stats=dict(raw.get("stats", {})),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} is not a valid manifest ({exc})") from None
@@ -103,6 +106,7 @@ def split_url(data: str, split: str) -> str:
     if "://" in data:
         return data.rstrip("/") + "/" + split
     return "file://" + os.path.abspath(os.path.join(data, split))
+
 
 def arrow_url(url: str) -> str:
     """The URL as pyarrow names it: Spark's ``s3a://`` and ``s3n://`` are pyarrow's ``s3://``."""

@@ -1,0 +1,171 @@
+"""Convert a folder of labelled images into Parquet splits with Spark.
+
+``python -m data.convert --images DIR --out DIR [options]`` reads every file with
+Spark's ``binaryFile`` source, decodes and normalises it in the Python workers
+(:mod:`data.images`), splits per class by a hash of the relative path
+(:mod:`data.splits`) and writes ``<out>/{train,val,test}/`` Parquet (columns image,
+label, path, width, height), ``<out>/manifest.json`` and ``<out>/rejected.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from typing import Any, Iterator
+
+from data import convert_job, layouts
+from data.errors import UserError, cli
+from data.images import DEFAULT_QUALITY
+from data.manifest import REJECTED as REJECTED_CSV
+from data.manifest import Manifest
+from data.splits import DEFAULT_SPLIT, Fractions, parse_split
+from data.staging import check_out, staged_folder
+
+DEFAULT_SEED = 13
+# Images are large rows: small Arrow batches keep the Python workers lean.
+RUNTIME_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "256"}
+
+
+def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, seed: int = DEFAULT_SEED,
+            layout: str = "auto", quality: int = DEFAULT_QUALITY, max_side: int | None = None,
+            overwrite: bool = False, master: str = "local[*]", spark_conf: dict[str, str] | None = None,
+            spark=None, files_per_split: int | None = None, row_group_mb: float | None = None,
+            progress: bool = True) -> Manifest:
+    """Convert the image folder ``images`` into the data set folder ``out``.
+
+    ``spark``: an existing SparkSession to use (left running; ``spark_conf`` is then
+    applied to it for the duration and restored). Without it a session is built on
+    ``master`` with ``spark_conf`` and stopped at the end unless one was already active.
+    ``files_per_split`` forces the number of Parquet files per split; ``row_group_mb``
+    forces the row-group size (default: automatic, see :mod:`data.parquet_layout`).
+    Raises UserError for bad options, a missing or empty input, or a non-empty ``out``.
+    """
+    fractions = parse_split(split)
+    _check_options(quality, max_side, files_per_split, row_group_mb)
+    lay = layouts.detect(images, layout)
+    out = check_out(out, overwrite, lay.root)
+    options = {"images": os.path.abspath(images), "layout": lay.name, "root": lay.root,
+               "split": list(fractions), "seed": seed, "quality": quality, "max_side": max_side,
+               "files_per_split": files_per_split, "row_group_mb": row_group_mb}
+    with _session(spark, master, spark_conf) as session, staged_folder(out, overwrite) as tmp:
+        started = time.monotonic()
+        manifest = convert_job.run(session, lay, tmp, fractions, options, progress)
+        seconds = time.monotonic() - started
+        processed = sum(s.rows for s in manifest.splits.values()) + manifest.rejected
+        manifest.stats.update(seconds=round(seconds, 3), images_per_s=round(processed / max(seconds, 1e-9), 1))
+        manifest.save(tmp)
+    return manifest
+
+
+def _check_options(quality: int, max_side: int | None, files_per_split: int | None,
+                   row_group_mb: float | None) -> None:
+    if not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise UserError(f"--quality must be an integer from 1 to 100, got {quality!r}")
+    if max_side is not None and max_side < 1:
+        raise UserError(f"--max-side must be at least 1, got {max_side}")
+    if files_per_split is not None and files_per_split < 1:
+        raise UserError(f"--files-per-split must be at least 1, got {files_per_split}")
+    if row_group_mb is not None and not row_group_mb > 0:
+        raise UserError(f"--row-group-mb must be positive, got {row_group_mb}")
+
+
+@contextlib.contextmanager
+def _session(spark, master: str, conf: dict[str, str] | None) -> Iterator[Any]:
+    """The SparkSession to use, with the conversion's runtime settings applied."""
+    from data.spark import get_spark
+
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        had_one = SparkSession.getActiveSession() is not None
+        if master.startswith("local"):  # workers must run this interpreter (our venv)
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        quiet = {"spark.ui.showConsoleProgress": "false"}  # we draw our own bars
+        session = get_spark(master, {**quiet, **RUNTIME_CONF, **(conf or {})})
+        try:
+            yield session
+        finally:
+            if not had_one:
+                session.stop()
+        return
+    saved = {k: spark.conf.get(k, None) for k in {**RUNTIME_CONF, **(conf or {})}}
+    try:
+        for key, value in {**RUNTIME_CONF, **(conf or {})}.items():
+            try:
+                spark.conf.set(key, value)
+            except Exception as exc:
+                raise UserError(f"cannot set {key} on a running Spark session: {str(exc).splitlines()[0]}") from None
+        yield spark
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def summary(manifest: Manifest, out: str) -> str:
+    """The end-of-run report: images per split, rejected, bytes, speed."""
+    s = manifest.splits
+    total_bytes = sum(v.bytes for v in s.values())
+    lines = [
+        f"converted {sum(v.rows for v in s.values())} images in {manifest.num_classes} classes to {out}",
+        "  " + ", ".join(f"{k} {v.rows} ({v.files} files, {v.row_groups} row groups)" for k, v in s.items()),
+        f"  rejected {manifest.rejected}" + (f" (see {os.path.join(out, REJECTED_CSV)})" if manifest.rejected else "")
+        + f", skipped {manifest.stats.get('skipped', 0)} non-image files, "
+          f"re-encoded {manifest.stats.get('reencoded', 0)}",
+        f"  wrote {total_bytes / 2**20:.1f} MiB in {manifest.stats.get('seconds', 0):.1f} s "
+        f"({manifest.stats.get('images_per_s', 0):.0f} images/s)",
+    ]
+    if manifest.stats.get("ignored_folders"):
+        lines.append("  warning: Spark does not read folders starting with '_': "
+                     + ", ".join(manifest.stats["ignored_folders"]))
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, via @cli, instead of usage + exit 2
+        raise UserError(f"{message} (see python -m data.convert --help)")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m data.convert", description=__doc__.split("\n")[0])
+    p.add_argument("--images", required=True, help="folder of <class>/<image> files, or the Food-101 download")
+    p.add_argument("--out", required=True, help="data set folder to create")
+    p.add_argument("--layout", default="auto", choices=layouts.LAYOUTS)
+    p.add_argument("--split", default=",".join(f"{v:g}" for v in DEFAULT_SPLIT), help="train,val,test fractions")
+    p.add_argument("--seed", type=_int, default=DEFAULT_SEED, help="split seed")
+    p.add_argument("--quality", type=_int, default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
+    p.add_argument("--max-side", type=_int, default=None, help="shrink images whose longer side is larger")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing converted data set")
+    p.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
+    p.add_argument("--spark-conf", action="extend", nargs="+", default=[], metavar="K=V", help="Spark settings")
+    p.add_argument("--files-per-split", type=_int, default=None, help="force N Parquet files per split")
+    p.add_argument("--row-group-mb", type=float, default=None, help="force the Parquet row-group size (MB)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from data.spark import parse_conf
+
+    a = build_parser().parse_args(argv)
+    manifest = convert(
+        a.images, a.out, split=a.split, seed=a.seed, layout=a.layout, quality=a.quality, max_side=a.max_side,
+        overwrite=a.overwrite, master=a.master, spark_conf=parse_conf(a.spark_conf),
+        files_per_split=a.files_per_split, row_group_mb=a.row_group_mb, progress=not a.no_progress)
+    print(summary(manifest, a.out), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A tqdm bar for Spark work: a thread polls the status tracker for one job group."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from typing import Iterator
+
+from tqdm import tqdm
+
+POLL_SECONDS = 0.5
+_GROUP_KEYS = ("spark.jobGroup.id", "spark.job.description")
+_counter = itertools.count()
+
+
+@contextlib.contextmanager
+def spark_progress(spark, desc: str, enabled: bool = True) -> Iterator[None]:
+    """Run the block's Spark jobs in their own job group, showing finished/total tasks."""
+    sc = spark.sparkContext
+    group = f"sparkdp-{next(_counter)}-{desc}"
+    saved = [sc.getLocalProperty(k) for k in _GROUP_KEYS]
+    sc.setLocalProperty(_GROUP_KEYS[0], group)
+    sc.setLocalProperty(_GROUP_KEYS[1], desc)
+    stop = threading.Event()
+    bar = tqdm(total=0, desc=desc, unit="task", disable=not enabled, leave=False)
+    poller = threading.Thread(target=_poll, args=(sc.statusTracker(), group, bar, stop), daemon=True)
+    if enabled:
+        poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if enabled:
+            poller.join()
+        bar.close()
+        for key, value in zip(_GROUP_KEYS, saved):
+            sc.setLocalProperty(key, value)
+
+
+def _poll(tracker, group: str, bar: tqdm, stop: threading.Event) -> None:
+    while not stop.wait(POLL_SECONDS):
+        try:
+            done, total = _task_counts(tracker, group)
+        except Exception:  # the tracker is best effort; never break the job for a bar
+            continue
+        if total != bar.total or done != bar.n:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+
+def _task_counts(tracker, group: str) -> tuple[int, int]:
+    done = total = 0
+    for job in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job)
+        for stage_id in info.stageIds if info else ():
+            stage = tracker.getStageInfo(stage_id)
+            if stage:
+                done += stage.numCompletedTasks
+                total += stage.numTasks
+    return done, total
