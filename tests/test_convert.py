@@ -183,6 +183,7 @@ def _odd_tree(root: str) -> dict[str, str]:
         ".cache/x.jpg": (jpeg, "skip"),
         "crème brûlée/.thumbs/x.jpg": (jpeg, "skip"),
         "loose.jpg": (jpeg, "skip"),  # not inside a class folder
+        "_other/x.jpg": (jpeg, "skip"),  # Spark never lists names starting with '_'
     }
     for rel, (data, _) in files.items():
         os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
@@ -221,6 +222,7 @@ def test_unusual_and_broken_files(spark, tmp_path):
         assert expected[path] in reason, (path, reason)
     assert manifest.rejected == len(reasons) == 5
     assert manifest.stats["skipped"] == 1  # loose.jpg; Spark itself never lists hidden names or .txt
+    assert manifest.stats["ignored_folders"] == ["_other"]
 
 
 def _food101(root: str) -> dict[str, dict[str, list[str]]]:
@@ -256,9 +258,10 @@ def test_food101_layout_uses_official_splits(spark, tmp_path):
         assert len(paths["val"]) == 2  # round(9 * 0.2 / 0.9) = 2
     assert manifest.stats["skipped"] == 2
     again = convert(os.path.join(str(tmp_path), "food-101"), str(tmp_path / "again"), spark=spark,
-                    layout="food101", files_per_split=3, progress=False)
+                    layout="food101", files_per_split=7, progress=False)
     assert again.fingerprint == manifest.fingerprint
-    assert again.splits["train"].files == again.splits["train"].row_groups == 3
+    assert again.splits["train"].files == again.splits["train"].row_groups == 7  # 14 rows: 2 per file
+    assert again.splits["val"].files == again.splits["val"].row_groups == 4  # fewer rows than files
     assert read_split(str(tmp_path / "again"), "train") == rows["train"]
 
 
