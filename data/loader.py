@@ -9,9 +9,12 @@ where ``k`` global shards share one Petastorm shard, each keeps the rows whose
 row: eval reads each image exactly once across all ranks and workers, whatever the
 row-group layout, and train never starves a rank.
 
-Train streams are infinite (``num_epochs=None``): the trainer takes a fixed number of
-batches per epoch, so every rank runs the same number of steps. Row groups are
-shuffled by Petastorm with a per-epoch seed; rows are shuffled again in a buffer that
+Train streams are infinite: the trainer takes a fixed number of batches per epoch, so
+every rank runs the same number of steps. Each pass over a shard is its own
+one-epoch Petastorm reader whose row-group order is seeded by (seed, epoch, pass):
+Petastorm's own ``num_epochs=None`` reshuffles a timing-dependent number of times
+between passes (its ventilator thread reshuffles while it waits for queue room), which
+would make runs, and resumed runs, differ. Rows are shuffled again in a buffer that
 spans several row groups. Augmentation randomness is keyed by (seed, epoch, shard,
 batch index), so a resumed epoch can skip batches without decoding them and still see
 exactly the batches an uninterrupted run would have seen.
@@ -22,6 +25,7 @@ strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -115,30 +119,29 @@ class ParquetImages(IterableDataset):
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
         self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
 
-    def _reader(self, plan: ShardPlan):
+    def _reader(self, plan: ShardPlan, pass_: int):
         from petastorm import make_batch_reader
 
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, pass_]).generate_state(1)[0]) if self.train else None
         return make_batch_reader(
-            self.layout.url, schema_fields=list(COLUMNS), reader_pool_type="dummy",
-            num_epochs=None if self.train else 1, shuffle_row_groups=self.train,
-            seed=(self.seed * 1_000_003 + self.epoch) if self.train else None,
-            cur_shard=plan.cur_shard, shard_count=plan.shard_count)
+            self.layout.url, schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
+            shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count)
 
     def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(image bytes, labels) per row group this shard reads, after the ownership filter."""
-        empty_groups = 0
-        with self._reader(plan) as reader:
-            for chunk in reader:
-                keep = plan.keep(chunk.path)
-                images, labels = (chunk.image, chunk.label) if keep is None else (chunk.image[keep], chunk.label[keep])
-                if len(labels):
-                    empty_groups = 0
-                    yield images, labels.astype(np.int64)
-                elif self.train:
-                    empty_groups += 1
-                    if empty_groups > 2 * plan.row_groups:  # a full pass and more gave nothing
-                        raise UserError(f"{self.layout.url} has too few rows for {self.world_size} rank(s) "
-                                        "x loader workers: use fewer --workers or ranks, or more data")
+        """(image bytes, labels) per row group this shard reads, after the ownership filter;
+        train repeats the shard forever, one freshly seeded pass at a time."""
+        for pass_ in itertools.count() if self.train else range(1):
+            rows = 0
+            with self._reader(plan, pass_) as reader:
+                for chunk in reader:
+                    keep = plan.keep(chunk.path)
+                    images, labels = (chunk.image, chunk.label) if keep is None else (chunk.image[keep], chunk.label[keep])
+                    if len(labels):
+                        rows += len(labels)
+                        yield images, labels.astype(np.int64)
+            if self.train and not rows:  # a whole pass gave nothing: it would spin forever
+                raise UserError(f"{self.layout.url} has too few rows for {self.world_size} rank(s) "
+                                "x loader workers: use fewer --workers or ranks, or more data")
 
     def _batches(self, plan: ShardPlan, shard: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Raw (bytes, labels) batches; train mixes rows across row groups in a buffer."""
@@ -161,10 +164,13 @@ class ParquetImages(IterableDataset):
 
     def __iter__(self):
         worker, workers = _worker()
-        shard = self.rank * workers + worker
+        # The DataLoader hands out batch q from worker q % workers. In a full epoch global
+        # batch p is batch p // workers of shard p % workers; a resumed epoch starts at
+        # p = skip_batches, so worker w plays the part of worker (w + skip_batches) % workers.
+        role = (worker + self.skip_batches) % workers
+        shard = self.rank * workers + role
         plan = shard_plan(shard, self.world_size * workers, self.layout.row_groups)
-        # Batches are handed out round-robin over workers: batch p came from worker p % workers.
-        skip = len(range(worker, self.skip_batches, workers))
+        skip = len(range(role, self.skip_batches, workers))
         for b, (raw, labels) in enumerate(self._batches(plan, shard)):
             if b < skip:
                 continue
@@ -182,8 +188,11 @@ class Batches:
 
     def __init__(self, dataset: ParquetImages, workers: int, pin_memory: bool):
         self.dataset = dataset
+        # Our own generator: otherwise each new iterator draws its worker seed from the global
+        # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
+        # (Augmentation is keyed explicitly, see ParquetImages; worker seeds are unused.)
         self._loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                  prefetch_factor=4 if workers else None)
+                                  prefetch_factor=4 if workers else None, generator=torch.Generator())
         self._it = iter(self._loader)
 
     def __iter__(self) -> "Batches":
