@@ -31,6 +31,7 @@ class TrainConfig:
     val_every: int | None = None  # steps; default once per epoch
     ckpt_every: int | None = None  # steps; last.pt is also written every epoch
     resume: str | None = None  # "auto" or a checkpoint path
+    stop_after_steps: int | None = None  # end early (writing last.pt) as if preempted; the schedule is unchanged
     experiment: str = "sparkdp"
     log_every: int = 10
     decode: str = "cpu"
@@ -43,7 +44,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("steps_per_epoch", "val_every", "ckpt_every"):
+        for name in ("steps_per_epoch", "val_every", "ckpt_every", "stop_after_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, help="validate every N steps (default: each epoch)")
     p.add_argument("--ckpt-every", type=int, help="also write last.pt every N steps")
     p.add_argument("--resume", help="'auto' (RUN_DIR/checkpoints/last.pt if present) or a checkpoint path")
+    p.add_argument("--stop-after-steps", type=int,
+                   help="stop once N steps in all are done, writing last.pt (LR schedule unchanged): "
+                        "a time-boxed slice of a longer run, continued later with --resume auto")
     p.add_argument("--experiment", default="sparkdp", help="MLflow experiment name")
     p.add_argument("--log-every", type=int, default=10, help="steps between MLflow train metrics")
     p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",

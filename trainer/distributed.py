@@ -90,3 +90,17 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank ``src``'s buffers (BatchNorm running statistics).
+
+    DDP broadcasts rank 0's buffers at the start of each forward, but the forward then
+    updates them from each rank's own batch, so after a step the ranks' running
+    statistics differ. Evaluating the unwrapped model without this would score a
+    different model on each rank's share (and not the one rank 0 saves).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=src)

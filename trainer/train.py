@@ -24,11 +24,26 @@ from data.loader import SplitLayout, inspect_split, make_loader, normalize
 from data.manifest import Manifest, split_url
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig, parse_args
-from trainer.distributed import DistInfo, all_reduce_sum, compute_cleanup, compute_init, print0
+from trainer.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, compute_cleanup, compute_init,
+                                 print0)
 from trainer.metrics import ClassificationSums
 from trainer.model import build_model
 from trainer.schedule import warmup_cosine
 from trainer.tracking import NullTracker, make_tracker
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a ``--precision`` choice: bf16 (auto means bf16 on CUDA) or None (fp32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -68,10 +83,13 @@ class Job:
     def total_steps(self) -> int:
         return self.cfg.epochs * self.steps_per_epoch
 
+    @property
+    def stop_reached(self) -> bool:
+        """True once ``--stop-after-steps`` steps are done (never without that option)."""
+        return self.cfg.stop_after_steps is not None and self.progress.step >= self.cfg.stop_after_steps
+
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.dist.device, self.autocast_dtype)
 
     def loader(self, layout: SplitLayout, train: bool, epoch: int = 0, skip: int = 0):
         return make_loader(layout, workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda",
@@ -121,6 +139,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
 
 def validate(job: Job) -> dict:
     """Run :func:`evaluate` on the val split; log it, keep ``best.pt`` when top-1 improves."""
+    broadcast_buffers(job.model_without_ddp)  # every rank scores the model rank 0 saves
     with job.loader(job.val, train=False) as batches:
         res = evaluate(job.model_without_ddp, batches, job.dist.device, job.manifest.num_classes,
                        job.inputs, job.autocast).results()
@@ -137,11 +156,12 @@ def validate(job: Job) -> dict:
 
 
 def train_one_epoch(job: Job, batches, bar) -> None:
-    """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all."""
+    """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all
+    (fewer only when ``--stop-after-steps`` is reached first)."""
     cfg, p, model = job.cfg, job.progress, job.model
     model.train()
     window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-    while p.step_in_epoch < job.steps_per_epoch:
+    while p.step_in_epoch < job.steps_per_epoch and not job.stop_reached:
         t0 = time.perf_counter()
         images, labels = next(batches)
         t1 = time.perf_counter()
@@ -160,7 +180,7 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         p.step_in_epoch += 1
         window_images += len(labels)
         window_wait += t1 - t0
-        if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch:
+        if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
             # The ranks' current losses, averaged (reading it syncs the device: only here).
             ranks_loss = all_reduce_sum(torch.tensor([loss.detach().float().item(), 1.0], dtype=torch.float64))
             elapsed = time.perf_counter() - window_start
@@ -235,11 +255,10 @@ def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
         print0(f"resuming from {resume_path} at step {progress.step} (epoch {progress.epoch + 1}, "
                f"step {progress.step_in_epoch} of {steps_per_epoch})")
     ddp = DDP(model, device_ids=[dist.device.index] if cuda else None) if dist.distributed else model
-    precision = "bf16" if cfg.precision == "auto" and cuda else cfg.precision
     return Job(cfg, dist, manifest, train, val, steps_per_epoch, ddp, model, optimizer, scheduler, scaler,
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                make_tracker(dist.is_main, cfg.out, cfg.experiment, run_id), progress,
-               torch.bfloat16 if precision == "bf16" else None, cuda)
+               precision_dtype(cfg.precision, dist.device), cuda)
 
 
 def fit(job: Job) -> dict:
@@ -256,16 +275,21 @@ def fit(job: Job) -> dict:
     bar = tqdm(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and job.dist.is_main))
     try:
-        while p.epoch < cfg.epochs:
+        while p.epoch < cfg.epochs and not job.stop_reached:
             bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
             with job.loader(job.train, train=True, epoch=p.epoch, skip=p.step_in_epoch) as batches:
                 train_one_epoch(job, batches, bar)
+            if p.step_in_epoch < job.steps_per_epoch:  # --stop-after-steps, mid-epoch
+                job.save(ck.LAST)
+                print0(f"stopped after step {p.step} of {job.total_steps} (--stop-after-steps): "
+                       "continue with --resume auto")
+                return summarize(job)
             validated = cfg.val_every and p.step % cfg.val_every == 0
             if job.val is not None and not validated:
                 validate(job)
             p.epoch, p.step_in_epoch = p.epoch + 1, 0
             job.save(ck.LAST)
-        if job.val is not None and not p.last_val:  # resumed after the last step: report anyway
+        if job.val is not None and not p.last_val and not job.stop_reached:  # resumed after the last step
             validate(job)
     finally:
         bar.close()
@@ -273,15 +297,20 @@ def fit(job: Job) -> dict:
 
 
 def summarize(job: Job) -> dict:
+    """Reduce the run's numbers over ranks; rank 0 writes summary.json and logs artifacts."""
     p, val = job.progress, job.progress.last_val
-    stats = all_reduce_sum(torch.tensor([p.images, p.busy_s, p.wait_s], dtype=torch.float64))
     world = job.dist.world_size
+    steps_by_rank = torch.zeros(world, dtype=torch.float64)
+    steps_by_rank[job.dist.rank] = p.step
+    stats = all_reduce_sum(torch.cat([torch.tensor([p.images, p.busy_s, p.wait_s], dtype=torch.float64),
+                                      steps_by_rank]))
     summary = {
         "steps": p.step, "steps_per_epoch": job.steps_per_epoch, "epochs": job.cfg.epochs,
         "world_size": world, "val_top1": val.get("top1"), "val_top5": val.get("top5"),
         "val_loss": val.get("loss"), "val_count": val.get("count"), "best_val_top1": max(p.best_top1, 0.0),
         "train_images_per_s": float(stats[0] / (stats[1] / world)) if stats[1] else None,
         "data_wait_fraction": float(stats[2] / stats[1]) if stats[1] else None,
+        "rank_steps": [int(v) for v in stats[3:]],  # optimizer steps each rank ran: all equal
         "run_dir": os.path.abspath(job.cfg.out), "mlflow_run_id": job.tracker.run_id,
         "mlflow_tracking_uri": job.tracker.tracking_uri,
     }
@@ -304,7 +333,7 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     try:
         job = setup(cfg, dist)
         summary = fit(job)
-        job.tracker.close()
+        job.tracker.close("KILLED" if summary["steps"] < job.total_steps else "FINISHED")
         return summary if dist.is_main else None
     except BaseException:
         if job is not None:
