@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from data.errors import UserError
+from trainer import checkpoint as ck
 
 
 def classification_models() -> list[str]:
@@ -59,3 +60,10 @@ def build_model(name: str, num_classes: int, weights: str | None = None,
             raise UserError(f"cannot read --weights-path {weights_path}: {str(exc).splitlines()[0]}") from None
         _load_matching(model, state.get("model", state))
     return model
+
+
+def model_from_checkpoint(state: dict) -> nn.Module:
+    """The trained model held by a checkpoint dict (see :mod:`trainer.checkpoint`), in eval mode."""
+    model = build_model(state[ck.MODEL_NAME], len(state[ck.CLASSES]))
+    model.load_state_dict(state[ck.MODEL])
+    return model.eval()

@@ -1,0 +1,145 @@
+"""Score a checkpoint on a split: ``python -m trainer.evaluate --checkpoint FILE --data DIR``.
+
+Loss, top-1, top-5, image count, per-class accuracy (by class name) and a
+confusion-matrix PNG; ``--json FILE`` also writes all of it as JSON. Runs as one process
+or under ``torchrun --nproc-per-node N -m trainer.evaluate ...``: each rank reads its own
+share of the split, every image exactly once across ranks, and the sums are reduced, so
+the numbers do not depend on the number of ranks. It reuses the trainer's
+:func:`trainer.train.evaluate` and loaders; only rank 0 prints and writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from functools import partial
+
+import torch
+
+from data.errors import UserError, cli
+from data.loader import inspect_split, make_loader, normalize
+from data.manifest import Manifest, split_url
+from trainer import checkpoint as ck
+from trainer.confusion_png import write_confusion_png
+from trainer.distributed import DistInfo, compute_cleanup, compute_init
+from trainer.metrics import ClassificationSums
+from trainer.model import model_from_checkpoint
+from trainer.train import autocast_context, evaluate, precision_dtype
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a .pt file written by trainer.train (best.pt, last.pt)")
+    p.add_argument("--data", required=True, help="data set folder written by `python -m data.convert`")
+    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--confusion", help="confusion-matrix PNG path (default: beside --json, else beside the checkpoint)")
+    p.add_argument("--batch-size", type=int, help="per rank (default: the training batch size)")
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes per rank")
+    p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    return p
+
+
+def check_classes(state: dict, manifest: Manifest, checkpoint: str, data: str) -> None:
+    """Refuse, in one line, a data set whose classes (names or order) are not the checkpoint's."""
+    trained = list(state[ck.CLASSES])
+    if trained != manifest.classes:
+        def show(names: list[str]) -> str:
+            return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"{checkpoint} was trained on {len(trained)} classes ({show(trained)}) but {data} has "
+                        f"{manifest.num_classes} ({show(manifest.classes)}): evaluate it on a data set with "
+                        "the same classes in the same order")
+
+
+def default_confusion_path(checkpoint: str, split: str, json_path: str | None) -> str:
+    if json_path:
+        return os.path.splitext(json_path)[0] + ".confusion.png"
+    stem = os.path.splitext(checkpoint)[0]
+    return f"{stem}_{split}_confusion.png"
+
+
+def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size: int | None = None,
+          workers: int = 2, image_size: int | None = None, precision: str = "auto") -> tuple[ClassificationSums, dict]:
+    """Reduced sums of ``checkpoint`` on ``data``'s ``split`` (a collective: every rank calls it)."""
+    state = ck.load_checkpoint(checkpoint)
+    manifest = Manifest.load(data)
+    check_classes(state, manifest, checkpoint, data)
+    if manifest.split(split).rows == 0:
+        raise UserError(f"split {split!r} of {data} is empty")
+    layout = inspect_split(split_url(data, split), manifest.num_classes)
+    trained = state[ck.CONFIG]
+    batch_size = batch_size or trained["batch_size"]
+    image_size = image_size or trained["image_size"]
+    if batch_size < 1 or image_size < 1 or workers < 0:
+        raise UserError("--batch-size and --image-size must be >= 1, --workers >= 0")
+    cuda = dist.device.type == "cuda"
+    model = model_from_checkpoint(state).to(dist.device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+
+    def prepare(images: torch.Tensor, labels: torch.Tensor):
+        return normalize(images, dist.device, channels_last=cuda), labels.to(dist.device, non_blocking=True)
+
+    with make_loader(layout, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
+                     batch_size=batch_size, image_size=image_size, train=False) as batches:
+        sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
+                        partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))
+    context = {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "split": split,
+               "step": state[ck.STEP], "model": state[ck.MODEL_NAME], "image_size": image_size,
+               "world_size": dist.world_size, "classes": manifest.classes}
+    return sums, context
+
+
+def report(sums: ClassificationSums, context: dict, confusion_png: str) -> dict:
+    """The results dict: metrics, per-class accuracy by name, the confusion matrix and its PNG."""
+    classes = context["classes"]
+    per_class_count = sums.confusion.sum(dim=1).tolist()
+    return {
+        **sums.results(), **{k: v for k, v in context.items() if k != "classes"},
+        "per_class_accuracy": dict(zip(classes, sums.per_class_accuracy())),
+        "per_class_count": dict(zip(classes, per_class_count)),
+        "confusion_matrix": sums.confusion.tolist(),
+        "confusion_png": os.path.abspath(confusion_png),
+    }
+
+
+def print_report(res: dict) -> None:
+    print(f"{res['split']}: {res['count']} images  loss {res['loss']:.4f}  top-1 {res['top1']:.4f}  "
+          f"top-5 {res['top5']:.4f}  ({res['model']} at step {res['step']}, {res['world_size']} rank(s))")
+    width = max(len(name) for name in res["per_class_accuracy"])
+    print("per-class accuracy:")
+    for name, acc in res["per_class_accuracy"].items():
+        shown = "   n/a" if acc is None else f"{acc:.4f}"
+        print(f"  {name:<{width}}  {shown}  ({res['per_class_count'][name]} images)")
+    print(f"confusion matrix: {res['confusion_png']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Evaluate; returns the results dict on rank 0 (None on other ranks)."""
+    a = build_parser().parse_args(argv)
+    dist = compute_init()
+    try:
+        sums, context = score(a.checkpoint, a.data, a.split, dist, batch_size=a.batch_size, workers=a.workers,
+                              image_size=a.image_size, precision=a.precision)
+        if not dist.is_main:
+            return None
+        png = a.confusion or default_confusion_path(a.checkpoint, a.split, a.json)
+        title = f"{context['split']}: {os.path.basename(a.checkpoint)} on {a.data}"
+        write_confusion_png(sums.confusion, context["classes"], png, title)
+        res = report(sums, context, png)
+        print_report(res)
+        if a.json:
+            os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=2)
+            print(f"json: {os.path.abspath(a.json)}", flush=True)
+        return res
+    finally:
+        compute_cleanup()
+
+
+if __name__ == "__main__":
+    cli(main)(sys.argv[1:])
