@@ -1,22 +1,36 @@
-"""Decode stored JPEG bytes straight to fixed-size uint8 arrays, cheaply.
+"""Decode stored JPEG bytes straight to fixed-size uint8 images, cheaply.
 
-Both paths crop and resize in one Pillow call (``resize(box=...)``) and use JPEG draft
-mode so the decoder itself downsamples by 2/4/8 when the output needs fewer pixels
-than the stored image has. Output is HWC uint8; normalisation happens on the batch
-(see :func:`data.loader.normalize`), which is cheaper than per-image float tensors.
+Both paths crop a box and resize it to ``size x size`` with PyTorch's antialiased
+bilinear resize (:func:`crop_resize`), which has a vectorised uint8 kernel on CPU and
+runs unchanged on a GPU. Decoding uses libjpeg-turbo through
+``torchvision.io.decode_jpeg``; only when the crop is at least twice the output size
+does Pillow's JPEG draft mode decode at 1/2, 1/4 or 1/8 scale instead. Measured on one
+core with 512x384 photos (``python -m data.bench`` prints the rates): torchvision decode
++ torch resize ~1.5x the Pillow decode + ``resize(box=...)`` it replaced, ~1.8x
+torchvision's ``RandomResizedCrop`` + ``ToTensor`` + ``Normalize`` on PIL images.
+
+Random parameters are drawn by :func:`train_params` (box, then flip), separately from
+decoding, so the GPU path (:mod:`data.gpu_decode`) draws exactly the same crops and
+flips in the loader workers. Normalisation happens on the batch (see
+:func:`data.loader.normalize`), which is cheaper than per-image float tensors.
 """
 from __future__ import annotations
 
 import io
 import math
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 # ImageNet statistics, as torchvision's pretrained weights expect.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_RESIZE_RATIO = 224 / 256  # resize to size/ratio, then center-crop size
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
@@ -51,29 +65,72 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, f
     return left, top, left + side, top + side
 
 
-def _crop_resize(img: Image.Image, box, size: int) -> Image.Image:
-    """Crop ``box`` (in original pixels) and resize to size x size, using JPEG draft mode."""
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    return Image.open(io.BytesIO(data)).size
+
+
+def train_params(width: int, height: int, rng: np.random.Generator) -> tuple[Box, bool]:
+    """RandomResizedCrop box and horizontal flip of one training image, drawn in that order."""
+    return random_resized_crop_box(width, height, rng), bool(rng.random() < 0.5)
+
+
+def eval_params(width: int, height: int, size: int) -> tuple[Box, bool]:
+    """The center-crop box (whole pixels) of one eval image, never flipped."""
+    left, top, right, bottom = center_crop_box(width, height, size)
+    return (round(left), round(top), round(right), round(bottom)), False
+
+
+def crop_resize(image: torch.Tensor, box: Box, flip: bool, size: int) -> torch.Tensor:
+    """Crop ``box`` out of a CHW uint8 image, resize to size x size (bilinear, antialiased),
+    flip if asked; on any device. Returns CHW uint8."""
+    left, top, right, bottom = box
+    # A dense channels_last crop: the resize is ~2x faster on it and its output is laid out
+    # HWC, so copying it into the batch is a plain memcpy rather than a transpose.
+    x = image[:, top:bottom, left:right].unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cpu":  # uint8 has a fast antialiased kernel on CPU only
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    else:
+        y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        y = y.round_().clamp_(0, 255).to(torch.uint8)
+    return y[0].flip(-1) if flip else y[0]
+
+
+def _pixels(img: Image.Image, data: bytes, box: Box, size: int) -> tuple[torch.Tensor, Box]:
+    """CHW uint8 pixels of an opened image and ``box`` in those pixels: libjpeg-turbo at full
+    size, or Pillow draft mode (DCT downscaling) when the crop is twice the output or more."""
     width, height = img.size
     bw, bh = box[2] - box[0], box[3] - box[1]
+    if img.format == "JPEG" and min(bw, bh) < 2 * size:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), box
     img.draft("RGB", (math.ceil(width * size / bw), math.ceil(height * size / bh)))
     sx, sy = img.size[0] / width, img.size[1] / height
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-    return img.resize((size, size), Image.BILINEAR, box=scaled)
+    rgb = torch.from_numpy(np.array(img.convert("RGB") if img.mode != "RGB" else img)).permute(2, 0, 1)
+    left, top = int(box[0] * sx), int(box[1] * sy)
+    return rgb, (left, top, max(left + 1, round(box[2] * sx)), max(top + 1, round(box[3] * sy)))
+
+
+def decode_crop(data: bytes, size: int, params: Callable[[int, int], tuple[Box, bool]]) -> torch.Tensor:
+    """Decode ``data``, then crop/resize/flip as ``params(width, height)`` says: CHW uint8."""
+    img = Image.open(io.BytesIO(data))
+    box, flip = params(*img.size)
+    pixels, box = _pixels(img, data, box, size)
+    return crop_resize(pixels, box, flip, size)
+
+
+def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], tuple[Box, bool]]) -> torch.Tensor:
+    """Decode a batch into uint8 ``[B, 3, size, size]`` with channels_last strides (one buffer)."""
+    out = torch.empty((len(raw), size, size, 3), dtype=torch.uint8)
+    for i, data in enumerate(raw):
+        out[i] = decode_crop(data, size, params).permute(1, 2, 0)
+    return out.permute(0, 3, 1, 2)
 
 
 def decode_train(data: bytes, size: int, rng: np.random.Generator) -> np.ndarray:
     """RandomResizedCrop(size) + horizontal flip; returns HWC uint8."""
-    img = Image.open(io.BytesIO(data))
-    box = random_resized_crop_box(*img.size, rng)
-    out = _crop_resize(img, box, size)
-    if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    return decode_crop(data, size, lambda w, h: train_params(w, h, rng)).permute(1, 2, 0).numpy()
 
 
 def decode_eval(data: bytes, size: int) -> np.ndarray:
     """Resize(size / 0.875) + CenterCrop(size); returns HWC uint8."""
-    img = Image.open(io.BytesIO(data))
-    return np.asarray(_crop_resize(img, center_crop_box(*img.size, size), size))
+    return decode_crop(data, size, lambda w, h: eval_params(w, h, size)).permute(1, 2, 0).numpy()
