@@ -20,7 +20,10 @@ batch index), so a resumed epoch can skip batches without decoding them and stil
 exactly the batches an uninterrupted run would have seen.
 
 Batches are ``(images, labels)``: ``images`` uint8 ``[B, 3, H, W]`` (channels_last
-strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device.
+strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device. With
+``decode="gpu"`` ``images`` is a :class:`data.gpu_decode.JpegBatch` (the JPEG bytes and
+the same crop boxes and flips, drawn in the workers): decode it with
+:func:`data.gpu_decode.decode_on_device`.
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.errors import UserError
 from data.manifest import COLUMNS, arrow_url
-from data.transforms import MEAN, STD, decode_eval, decode_train
+from data.gpu_decode import jpeg_batch
+from data.transforms import MEAN, STD, decode_batch, eval_params, train_params
 
 DEFAULT_SHUFFLE_ROWS = 1024
+DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 # petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
 # the deprecation warnings it triggers say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
@@ -113,8 +118,10 @@ class ParquetImages(IterableDataset):
 
     def __init__(self, layout: SplitLayout, *, rank: int, world_size: int, batch_size: int,
                  image_size: int, train: bool, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
-                 shuffle_rows: int = DEFAULT_SHUFFLE_ROWS):
-        self.layout, self.rank, self.world_size = layout, rank, world_size
+                 shuffle_rows: int = DEFAULT_SHUFFLE_ROWS, decode: str = "cpu"):
+        if decode not in DECODE_MODES:
+            raise UserError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
+        self.layout, self.rank, self.world_size, self.decode = layout, rank, world_size, decode
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
         self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
@@ -174,13 +181,16 @@ class ParquetImages(IterableDataset):
         for b, (raw, labels) in enumerate(self._batches(plan, shard)):
             if b < skip:
                 continue
-            if self.train:
-                rng = np.random.default_rng([self.seed, self.epoch, shard, b, 7])
-                arrays = [decode_train(x, self.image_size, rng) for x in raw]
-            else:
-                arrays = [decode_eval(x, self.image_size) for x in raw]
-            nhwc = torch.from_numpy(np.stack(arrays))
-            yield nhwc.permute(0, 3, 1, 2), torch.from_numpy(labels)
+            params = self._params(shard, b)
+            images = jpeg_batch(raw, params) if self.decode == "gpu" else decode_batch(raw, self.image_size, params)
+            yield images, torch.from_numpy(labels)
+
+    def _params(self, shard: int, b: int):
+        """``(width, height) -> (box, flip)`` for the images of batch ``b``, in order."""
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, shard, b, 7])
+            return lambda width, height: train_params(width, height, rng)
+        return lambda width, height: eval_params(width, height, self.image_size)
 
 
 class Batches:
