@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data.errors import UserError, cli
+from data.gpu_decode import JpegBatch, decode_on_device
 from data.loader import SplitLayout, inspect_split, make_loader, normalize
 from data.manifest import Manifest, split_url
 from trainer import checkpoint as ck
@@ -95,9 +96,11 @@ class Job:
         return make_loader(layout, workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda",
                            rank=self.dist.rank, world_size=self.dist.world_size,
                            batch_size=self.cfg.batch_size, image_size=self.cfg.image_size, train=train,
-                           seed=self.cfg.seed, epoch=epoch, skip_batches=skip)
+                           seed=self.cfg.seed, epoch=epoch, skip_batches=skip, decode=self.cfg.decode)
 
-    def inputs(self, images: torch.Tensor, labels: torch.Tensor):
+    def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
+        if isinstance(images, JpegBatch):  # --decode gpu: JPEG bytes, decoded on the device
+            images = decode_on_device(images, self.cfg.image_size, self.dist.device)
         x = normalize(images, self.dist.device, channels_last=self.channels_last)
         return x, labels.to(self.dist.device, non_blocking=True)
 
