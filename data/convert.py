@@ -24,8 +24,15 @@ from data.splits import DEFAULT_SPLIT, Fractions, parse_split
 from data.staging import check_out, staged_folder
 
 DEFAULT_SEED = 13
-# Images are large rows: small Arrow batches keep the Python workers lean.
-RUNTIME_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "256"}
+RUNTIME_CONF = {
+    # Images are large rows: small Arrow batches keep the Python workers lean.
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    # Spark counts 4 MiB per file opened, which packs only ~30 images into a read task and
+    # makes per-task overhead cost more than decoding; a photo is not that costly to open.
+    "spark.sql.files.openCostInBytes": str(256 * 1024),
+    # ~200 images of 50 KB per read task: several tasks per core, for balance.
+    "spark.sql.files.maxPartitionBytes": str(64 * 1024 * 1024),
+}
 
 
 def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, seed: int = DEFAULT_SEED,
@@ -35,9 +42,10 @@ def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, se
             progress: bool = True) -> Manifest:
     """Convert the image folder ``images`` into the data set folder ``out``.
 
-    ``spark``: an existing SparkSession to use (left running; ``spark_conf`` is then
-    applied to it for the duration and restored). Without it a session is built on
-    ``master`` with ``spark_conf`` and stopped at the end unless one was already active.
+    ``spark``: the SparkSession to use (default: the active one, if any); it is left
+    running, and ``spark_conf`` (runtime settings only) is applied for the duration and
+    restored. Without one, a session is built on ``master`` with ``spark_conf`` and
+    stopped at the end.
     ``files_per_split`` forces the number of Parquet files per split; ``row_group_mb``
     forces the row-group size (default: automatic, see :mod:`data.parquet_layout`).
     Raises UserError for bad options, a missing or empty input, or a non-empty ``out``.
@@ -76,28 +84,36 @@ def _session(spark, master: str, conf: dict[str, str] | None) -> Iterator[Any]:
     """The SparkSession to use, with the conversion's runtime settings applied."""
     from data.spark import get_spark
 
+    settings = {**RUNTIME_CONF, **(conf or {})}
     if spark is None:
         from pyspark.sql import SparkSession
 
-        had_one = SparkSession.getActiveSession() is not None
+        spark = SparkSession.getActiveSession()  # e.g. a notebook's: use it, leave it running
+    if spark is None:
         if master.startswith("local"):  # workers must run this interpreter (our venv)
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         quiet = {"spark.ui.showConsoleProgress": "false"}  # we draw our own bars
-        session = get_spark(master, {**quiet, **RUNTIME_CONF, **(conf or {})})
+        session = get_spark(master, {**quiet, **settings})
         try:
             yield session
         finally:
-            if not had_one:
-                session.stop()
+            session.stop()
         return
-    saved = {k: spark.conf.get(k, None) for k in {**RUNTIME_CONF, **(conf or {})}}
+    with runtime_conf(spark, settings):
+        yield spark
+
+
+@contextlib.contextmanager
+def runtime_conf(spark, conf: dict[str, str]) -> Iterator[None]:
+    """Set runtime SQL settings on a running session for the block, then restore them."""
+    saved = {k: spark.conf.get(k, None) for k in conf}
     try:
-        for key, value in {**RUNTIME_CONF, **(conf or {})}.items():
+        for key, value in conf.items():
             try:
                 spark.conf.set(key, value)
             except Exception as exc:
                 raise UserError(f"cannot set {key} on a running Spark session: {str(exc).splitlines()[0]}") from None
-        yield spark
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -139,18 +155,18 @@ def _int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m data.convert", description=__doc__.split("\n")[0])
-    p.add_argument("--images", required=True, help="folder of <class>/<image> files, or the Food-101 download")
-    p.add_argument("--out", required=True, help="data set folder to create")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of <class>/<image> files, or the Food-101 download")
+    p.add_argument("--out", required=True, metavar="DIR", help="data set folder to create")
     p.add_argument("--layout", default="auto", choices=layouts.LAYOUTS)
-    p.add_argument("--split", default=",".join(f"{v:g}" for v in DEFAULT_SPLIT), help="train,val,test fractions")
-    p.add_argument("--seed", type=_int, default=DEFAULT_SEED, help="split seed")
-    p.add_argument("--quality", type=_int, default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
-    p.add_argument("--max-side", type=_int, default=None, help="shrink images whose longer side is larger")
+    p.add_argument("--split", metavar="T,V,E", default=",".join(f"{v:g}" for v in DEFAULT_SPLIT), help="train,val,test fractions")
+    p.add_argument("--seed", type=_int, metavar="N", default=DEFAULT_SEED, help="split seed")
+    p.add_argument("--quality", type=_int, metavar="Q", default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
+    p.add_argument("--max-side", type=_int, metavar="N", default=None, help="shrink images whose longer side is larger")
     p.add_argument("--overwrite", action="store_true", help="replace an existing converted data set")
-    p.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
+    p.add_argument("--master", metavar="URL", default="local[*]", help="Spark master (default local[*])")
     p.add_argument("--spark-conf", action="extend", nargs="+", default=[], metavar="K=V", help="Spark settings")
-    p.add_argument("--files-per-split", type=_int, default=None, help="force N Parquet files per split")
-    p.add_argument("--row-group-mb", type=float, default=None, help="force the Parquet row-group size (MB)")
+    p.add_argument("--files-per-split", type=_int, metavar="N", default=None, help="force N Parquet files per split")
+    p.add_argument("--row-group-mb", type=float, metavar="M", default=None, help="force the Parquet row-group size (MB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

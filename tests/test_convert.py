@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data.convert import convert
+from data.convert import RUNTIME_CONF, convert, runtime_conf
 from data.errors import UserError
 from data.layouts import image_glob
 from data.manifest import Manifest
@@ -35,6 +35,13 @@ def read_split(out: str, split: str) -> dict[str, list]:
         for c in rows:
             rows[c] += t.column(c).to_pylist()
     return rows
+
+
+def read_partitions(spark, images: str, conf: dict[str, str]) -> int:
+    """How many partitions the conversion's binaryFile read gets under ``conf``."""
+    with runtime_conf(spark, conf):
+        return (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+                .option("pathGlobFilter", image_glob()).load(images).rdd.getNumPartitions())
 
 
 def open_jpeg(data: bytes) -> Image.Image:
@@ -102,16 +109,8 @@ def test_splits_are_stratified_by_the_rounding_rule(converted):
 
 def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, converted, images, tmp_path):
     out, manifest = converted
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", image_glob())
-    default_parts = files.load(images).rdd.getNumPartitions()
     small = {"spark.sql.files.maxPartitionBytes": "8000", "spark.sql.files.openCostInBytes": "1"}
-    for key, value in small.items():
-        spark.conf.set(key, value)
-    try:
-        assert files.load(images).rdd.getNumPartitions() >= 3 * default_parts
-    finally:
-        for key in small:
-            spark.conf.unset(key)
+    assert read_partitions(spark, images, {**RUNTIME_CONF, **small}) >= 3 * read_partitions(spark, images, RUNTIME_CONF)
     again = str(tmp_path / "again")
     convert(images, again, spark=spark, split=SPLIT, seed=SEED + 1, progress=False)
     other_seed = {s: read_split(again, s)["path"] for s in manifest.splits}
@@ -318,13 +317,15 @@ def test_cli_user_errors_are_one_line(args, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_cli_converts(images, tmp_path):
+def test_cli_converts_with_the_active_session(spark, images, tmp_path, capsys):
+    from data.convert import main
+
     out = str(tmp_path / "cli out")
-    proc = subprocess.run([sys.executable, "-m", "data.convert", "--images", images, "--out", out,
-                           "--master", "local[1]", "--no-progress", "--files-per-split", "2",
-                           "--spark-conf", "spark.sql.shuffle.partitions=2", "spark.driver.memory=1g"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "train 16" in proc.stdout and "images/s" in proc.stdout
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    main(["--images", images, "--out", out, "--no-progress", "--files-per-split", "2",
+          "--spark-conf", "spark.sql.shuffle.partitions=3", "spark.sql.adaptive.enabled=false"])
+    printed = capsys.readouterr().out
+    assert "train 16 (2 files, 2 row groups)" in printed and "images/s" in printed
+    assert spark.conf.get("spark.sql.shuffle.partitions") == before, "the session is left as it was"
     manifest = Manifest.load(out)
     assert manifest.splits["train"].files == 2 and manifest.options["files_per_split"] == 2
