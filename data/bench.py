@@ -1,0 +1,228 @@
+"""Input-pipeline benchmark: how many images per second each way of reading delivers.
+
+``python -m data.bench --images DIR [--data PARQUET_DIR] --out-json FILE [--workers N]
+[--batch-size 32] [--seconds S] [--image-size 224] [--train-step [--model NAME]]``
+
+Converts DIR with :mod:`data.convert` when no Parquet is given (and a ``--max-side 256``
+copy for ``project_resized``), then measures side by side, in interleaved rounds, with
+the same augmentation, batch size and worker count: ``raw_files``, ``seed_petastorm``,
+``project``, ``project_resized``, ``decode_ceiling`` (cores x one core's
+decode+transform rate) and, on CUDA, ``project_gpu_decode`` (paths:
+:mod:`data.bench_paths`). Writes JSON (images/s, per core, ratio to ``raw_files``, the
+issue's goals, conversion speed of ``data.convert`` vs ``make_spark_converter``) and a
+bar chart PNG next to it, and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from functools import partial
+from typing import Any, Iterator
+
+import torch
+
+from data import bench_measure as bm
+from data import bench_paths as bp
+from data.bench_report import goal_checks, path_table, write_outputs
+from data.errors import UserError, cli
+from data.manifest import Manifest
+
+RESIZED_SIDE = 256
+PATHS = ("raw_files", "seed_petastorm", "project", "project_resized", "decode_ceiling", "project_gpu_decode")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _timed_convert(images: str, out: str, spark, max_side: int | None) -> tuple[str, dict]:
+    from data.convert import convert
+
+    t0 = time.perf_counter()
+    manifest = convert(images, out, split="1,0,0", max_side=max_side, spark=spark, progress=False)
+    seconds = time.perf_counter() - t0
+    n = manifest.splits["train"].rows + manifest.rejected
+    return out, {"images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1)}
+
+
+def _manifest_speed(data: str) -> dict:
+    """A given data set's conversion speed, as its manifest recorded it (empty if it did not)."""
+    m = Manifest.load(data)
+    if not m.stats.get("seconds"):
+        return {}
+    n = sum(s.rows for s in m.splits.values()) + m.rejected
+    return {"data.convert": {"images": n, "seconds": m.stats["seconds"], "images_per_s": m.stats["images_per_s"],
+                             "from_manifest": True}}
+
+
+def _data_sets(a: argparse.Namespace, spark, work: str, wanted: list[str]) -> tuple[str | None, str | None, dict]:
+    """The Parquet data set and its resized copy (converted here unless given or not needed)."""
+    conversion, data, resized = {}, a.data, a.data_resized
+    if data:
+        conversion.update(_manifest_speed(data))
+    elif any(p in wanted for p in ("project", "project_gpu_decode")):
+        _log(f"converting {a.images} with data.convert ...")
+        data, conversion["data.convert"] = _timed_convert(a.images, os.path.join(work, "data"), spark, None)
+    if not resized and "project_resized" in wanted:
+        _log(f"converting {a.images} with data.convert --max-side {RESIZED_SIDE} ...")
+        resized, conversion[f"data.convert --max-side {RESIZED_SIDE}"] = _timed_convert(
+            a.images, os.path.join(work, f"data_{RESIZED_SIDE}"), spark, RESIZED_SIDE)
+    return data, resized, conversion
+
+
+def _warm_up(spark, images: str) -> None:
+    """Start Spark's Python workers and read the files once, so no conversion pays for it."""
+    from pyspark.sql import functions as F
+
+    spark.range(0, 64, numPartitions=bm.cores()).mapInPandas(lambda it: it, "id long").count()
+    spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(images).agg(
+        F.sum(F.length("content"))).collect()
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_cores": bm.cores(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run(a: argparse.Namespace, spark=None) -> dict:
+    """Measure the paths ``a`` asks for; write the outputs and return the result dict."""
+    if not os.path.isdir(a.images):
+        raise UserError(f"--images {a.images} is not a folder")
+    wanted = [p for p in a.paths if p != "project_gpu_decode" or torch.cuda.is_available()]
+    s = bp.Settings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size)
+    with _spark(spark) as session, _workdir(a.work) as work:
+        _warm_up(session, a.images)
+        data, resized, conversion = _data_sets(a, session, work, wanted)
+        converter = None
+        if "seed_petastorm" in wanted:
+            _log("converting with make_spark_converter (the original write-up) ...")
+            t0 = time.perf_counter()
+            converter = bp.make_seed_converter(session, a.images, os.path.join(work, "petastorm_cache"))
+            seconds = time.perf_counter() - t0
+            conversion["make_spark_converter"] = {"images": len(converter), "seconds": round(seconds, 2),
+                                                  "images_per_s": round(len(converter) / seconds, 1)}
+        try:
+            result = _measure(a, s, _openers(a, s, wanted, data, resized, converter), data)
+        finally:
+            if converter is not None:
+                converter.delete()
+    result["conversion"] = conversion
+    result["settings"] = {**vars(a), "data": data, "data_resized": resized}
+    print(write_outputs(result, a.out_json), flush=True)
+    return result
+
+
+def _openers(a: argparse.Namespace, s: bp.Settings, wanted: list[str], data: str | None, resized: str | None,
+             converter) -> dict[str, bm.Opener]:
+    every = {"raw_files": lambda: partial(bp.open_raw_files, a.images, s),
+             "seed_petastorm": lambda: partial(bp.open_seed_petastorm, converter, s),
+             "project": lambda: partial(bp.open_project, data, s),
+             "project_resized": lambda: partial(bp.open_project, resized, s),
+             "project_gpu_decode": lambda: partial(bp.open_project, data, s, "gpu", torch.device("cuda", 0))}
+    return {name: make() for name, make in every.items() if name in wanted}
+
+
+def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener], data: str | None) -> dict[str, Any]:
+    warmup_batches, warmup_s = 2 * max(1, s.workers), min(3.0, max(0.5, a.seconds / 4))
+    measure = {name: partial(bm.stream_rate, fn, a.seconds, warmup_batches, warmup_s) for name, fn in openers.items()}
+    if "decode_ceiling" in a.paths:
+        blobs = bm.read_sample(a.images)
+        measure["decode_ceiling"] = partial(bm.ceiling_rate, bm.reference_decoder(s.image_size), blobs, a.seconds)
+        measure["decode_ceiling_project"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size), blobs,
+                                                    a.seconds)
+    paths = path_table(bm.median_rates(measure, a.rounds, _log), bm.cores())
+    result: dict[str, Any] = {"machine": _machine(), "paths": paths, "goals": goal_checks(paths), "diagnostics": {}}
+    if data:
+        _log("timing the Petastorm reader alone ...")
+        result["diagnostics"]["petastorm_reader_rows_per_s_one_process"] = round(
+            bp.reader_rows_per_s(data, min(a.seconds, 5.0)), 1)
+    if a.train_step:
+        from data.bench_train import train_step_rates
+
+        _log(f"training steps ({a.model}) fed by each path ...")
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        classes = len(bp.class_names(a.images))
+        result["train_step"] = train_step_rates(openers, model=a.model, num_classes=classes,
+                                                batch_size=s.batch_size, size=s.image_size, device=device,
+                                                seconds=a.seconds)
+    return result
+
+
+@contextlib.contextmanager
+def _spark(spark) -> Iterator[Any]:
+    if spark is not None:
+        yield spark
+        return
+    from data.spark import get_spark
+
+    session = get_spark("local[*]", {"spark.ui.showConsoleProgress": "false"})
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+@contextlib.contextmanager
+def _workdir(work: str | None) -> Iterator[str]:
+    if work:
+        os.makedirs(work, exist_ok=True)
+        yield work
+        return
+    tmp = tempfile.mkdtemp(prefix="sparkdp-bench-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--images", required=True, help="the <class>/<image> folder to read")
+    p.add_argument("--data", help="its data.convert output (converted here if not given)")
+    p.add_argument("--data-resized", help=f"its --max-side {RESIZED_SIDE} conversion (made here if not given)")
+    p.add_argument("--out-json", required=True, help="results file; the chart goes next to it (.png)")
+    p.add_argument("--workers", type=int, default=bm.cores(), help="loader processes/threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per path and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    p.add_argument("--train-step", action="store_true", help="also time training steps fed by each path")
+    p.add_argument("--model", default="resnet50", help="torchvision model for --train-step")
+    p.add_argument("--paths", type=_path_list, default=list(PATHS),
+                   help=f"comma-separated subset of {','.join(PATHS)} (default: all; gpu only on CUDA)")
+    p.add_argument("--work", help="keep conversions here (default: a temporary folder, removed)")
+    return p
+
+
+def _path_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(PATHS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown path(s) {', '.join(unknown) or '(none)'}; have {', '.join(PATHS)}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    a = build_parser().parse_args(argv)
+    if a.workers < 0 or a.batch_size < 1 or a.image_size < 1 or a.seconds <= 0 or a.rounds < 1:
+        raise UserError("--workers must be >= 0; --batch-size, --image-size, --seconds and --rounds positive")
+    return a
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""How :mod:`data.bench` turns a path into a number: delivered images per wall-clock second.
+
+A path is read after a warm-up (its workers started, its buffers filled), for a fixed
+time, by a consumer that does nothing else, so the rate is what the path can deliver.
+Paths are measured in interleaved rounds and the median is kept, because on a shared
+machine the background load drifts; only ratios from one run mean anything. Each
+measurement also counts the CPU seconds the path used (all its processes and threads):
+images per CPU second is its efficiency, which background load disturbs much less.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+import psutil
+import torch
+
+from data.bench_paths import Batch, reference_transform
+from data.transforms import decode_crop, train_params
+
+Opener = Callable[[], ContextManager[Iterator[Batch]]]
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One measurement: images per wall-clock second, and per CPU second the path used."""
+    images_per_s: float
+    images_per_cpu_s: float
+
+
+class CpuClock:
+    """CPU seconds used by this process and its descendants (loader workers), leaving out
+    Spark's JVM and its Python daemons, which idle while a path is read."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+
+    def _processes(self) -> list[psutil.Process]:
+        procs = [self.me]
+        for child in self.me.children():
+            with contextlib.suppress(psutil.Error):
+                if "java" not in child.name():
+                    procs += [child, *child.children(recursive=True)]
+        return procs
+
+    def read(self) -> dict[int, float]:
+        out = {}
+        for p in self._processes():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+    @staticmethod
+    def used(start: dict[int, float], end: dict[int, float]) -> float:
+        return sum(v - start.get(pid, 0.0) for pid, v in end.items())
+
+
+def stream_rate(open_path: Opener, seconds: float, warmup_batches: int, warmup_s: float) -> Rate:
+    """What one path delivers, after ``warmup_batches`` and at least ``warmup_s`` seconds."""
+    clock = CpuClock()
+    with open_path() as batches:
+        started = time.perf_counter()
+        for _ in range(warmup_batches):
+            next(batches)
+        while time.perf_counter() - started < warmup_s:
+            next(batches)
+        images, cpu0, t0 = 0, clock.read(), time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            images += len(next(batches)[1])
+        cpu = CpuClock.used(cpu0, clock.read())
+        return Rate(images / elapsed, images / max(cpu, 1e-9))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Let torch use one core, as a DataLoader worker does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ceiling_rate(decode_one: Callable[[bytes], object], blobs: list[bytes], seconds: float) -> Rate:
+    """``cores()`` x the rate of ``decode_one`` over in-memory files in a tight loop on one core."""
+    with one_thread():
+        for data in blobs[:3]:
+            decode_one(data)
+        done, cpu0, t0 = 0, time.process_time(), time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            decode_one(blobs[done % len(blobs)])
+            done += 1
+        return Rate(cores() * done / elapsed, done / max(time.process_time() - cpu0, 1e-9))
+
+
+def reference_decoder(size: int) -> Callable[[bytes], object]:
+    """Decode + RandomResizedCrop + flip + ToTensor + Normalize on PIL, as ``raw_files`` does."""
+    from PIL import Image
+
+    transform = reference_transform(size)
+    return lambda data: transform(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def project_decoder(size: int, seed: int = 0) -> Callable[[bytes], object]:
+    """The project's own per-image decode (:func:`data.transforms.decode_crop`, train mode)."""
+    rng = np.random.default_rng(seed)
+    return lambda data: decode_crop(data, size, lambda w, h: train_params(w, h, rng))
+
+
+def read_sample(images: str, limit: int = 256) -> list[bytes]:
+    """Up to ``limit`` image files of a ``<class>/<image>`` folder, in memory."""
+    from torchvision.datasets import ImageFolder
+
+    files = [path for path, _ in ImageFolder(images).samples]
+    step = max(1, len(files) // limit)
+    out = []
+    for path in files[::step][:limit]:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def median_rates(measure: dict[str, Callable[[], Rate]], rounds: int,
+                 log: Callable[[str], None] = lambda _: None) -> dict[str, dict]:
+    """Run every measurement once per round, interleaved; keep each one's medians and rounds."""
+    runs: dict[str, list[Rate]] = {name: [] for name in measure}
+    for r in range(rounds):
+        for name, fn in measure.items():
+            rate = fn()
+            runs[name].append(rate)
+            log(f"round {r + 1}/{rounds}  {name:<22} {rate.images_per_s:8.1f} images/s "
+                f"{rate.images_per_cpu_s:8.1f} per CPU-s")
+    return {name: {"images_per_s": statistics.median(x.images_per_s for x in v),
+                   "images_per_cpu_s": statistics.median(x.images_per_cpu_s for x in v),
+                   "rounds": [x.images_per_s for x in v]} for name, v in runs.items()}

@@ -1,0 +1,154 @@
+"""The input paths :mod:`data.bench` compares, each as an endless stream of batches.
+
+Every ``open_*`` function is a context manager yielding an iterator of
+``(images, labels)`` batches that never ends (the benchmark decides how long to read),
+so all paths are measured the same way. All use the same augmentation
+(RandomResizedCrop + horizontal flip), batch size and worker count:
+
+* ``raw_files``: torchvision ``ImageFolder`` + ``DataLoader`` (RandomResizedCrop, flip,
+  ToTensor, Normalize in the workers), the usual way to read an image folder;
+* ``seed_petastorm``: the original write-up: ``make_spark_converter(df)`` on a
+  ``binaryFile`` DataFrame, then ``make_torch_dataloader`` with a pandas
+  ``TransformSpec`` that decodes each row;
+* ``project``: the trainer's own loader (:func:`data.loader.make_loader`), uint8 batches
+  normalised on the device; ``decode="gpu"`` yields JPEG bytes decoded on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from data.loader import inspect_split, make_loader  # (also hides petastorm's pyarrow deprecation noise)
+from data.transforms import MEAN, STD
+
+Batch = tuple[Any, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every path shares: loader processes, batch size, output size, seed."""
+    workers: int
+    batch_size: int
+    image_size: int
+    seed: int = 0
+
+
+def reference_transform(size: int):
+    """torchvision's usual training transform: the baseline the project must beat."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def _endless(loader) -> Iterator[Batch]:
+    while True:
+        yield from loader
+
+
+@contextlib.contextmanager
+def open_raw_files(images: str, s: Settings) -> Iterator[Iterator[Batch]]:
+    """ImageFolder + DataLoader, reshuffled every epoch by persistent workers."""
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    torch.manual_seed(s.seed)
+    loader = DataLoader(ImageFolder(images, transform=reference_transform(s.image_size)), batch_size=s.batch_size,
+                        shuffle=True, drop_last=True, num_workers=s.workers, persistent_workers=s.workers > 0)
+    try:
+        yield _endless(loader)
+    finally:
+        if loader._iterator is not None:  # persistent workers: stop them now, not at exit
+            loader._iterator._shutdown_workers()
+
+
+def class_names(images: str) -> list[str]:
+    """The class folders of an image folder, in ImageFolder's (sorted) order."""
+    return sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
+
+
+def make_seed_converter(spark, images: str, cache_dir: str):
+    """The write-up's conversion: a ``binaryFile`` DataFrame cached by ``make_spark_converter``."""
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+    from pyspark.sql import functions as F
+
+    from data.layouts import image_glob
+
+    classes = class_names(images)
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + os.path.abspath(cache_dir))
+    label = F.element_at(F.split("path", "/"), -2)
+    mapping = F.create_map(*[F.lit(x) for i, c in enumerate(classes) for x in (c, i)])
+    df = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+          .option("pathGlobFilter", image_glob()).load(images)
+          .select("content", mapping[label].cast("long").alias("label_index")))
+    return make_spark_converter(df)
+
+
+def _decode_rows(transform, pd_batch):
+    """The write-up's TransformSpec function: decode and transform row by row in pandas."""
+    from PIL import Image
+
+    pd_batch["features"] = pd_batch["content"].map(
+        lambda x: transform(Image.open(io.BytesIO(x)).convert("RGB")).numpy())
+    return pd_batch.drop(labels=["content"], axis=1)
+
+
+@contextlib.contextmanager
+def open_seed_petastorm(converter, s: Settings) -> Iterator[Iterator[Batch]]:
+    """``converter.make_torch_dataloader`` with a decoding TransformSpec (thread pool)."""
+    from petastorm import TransformSpec
+
+    spec = TransformSpec(partial(_decode_rows, reference_transform(s.image_size)),
+                         edit_fields=[("features", np.float32, (3, s.image_size, s.image_size), False)],
+                         selected_fields=["features", "label_index"])
+    with converter.make_torch_dataloader(transform_spec=spec, batch_size=s.batch_size,
+                                         workers_count=max(1, s.workers), seed=s.seed) as loader:
+        yield ((b["features"], b["label_index"]) for b in _endless(loader))
+
+
+@contextlib.contextmanager
+def open_project(data: str, s: Settings, decode: str = "cpu",
+                 device: torch.device | None = None) -> Iterator[Iterator[Batch]]:
+    """The trainer's loader on the train split; ``decode="gpu"`` decodes on ``device``."""
+    from data.gpu_decode import decode_on_device
+    from data.manifest import Manifest, split_url
+
+    manifest = Manifest.load(data)
+    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
+    with make_loader(layout, workers=s.workers, pin_memory=decode == "gpu", rank=0, world_size=1,
+                     batch_size=s.batch_size, image_size=s.image_size, train=True, seed=s.seed,
+                     decode=decode) as batches:
+        if decode == "cpu":
+            yield batches
+            return
+
+        def on_device() -> Iterator[Batch]:
+            for jpegs, labels in batches:
+                images = decode_on_device(jpegs, s.image_size, device)
+                torch.cuda.synchronize(device)  # count only images really decoded
+                yield images, labels
+
+        yield on_device()
+
+
+def reader_rows_per_s(data: str, seconds: float) -> float:
+    """Rows/s of one Petastorm batch reader alone (no decode): what Petastorm can feed."""
+    from petastorm import make_batch_reader
+
+    from data.manifest import COLUMNS, split_url
+
+    rows, started = 0, time.perf_counter()
+    with make_batch_reader(split_url(data, "train"), schema_fields=list(COLUMNS), reader_pool_type="dummy",
+                           num_epochs=None) as reader:
+        for chunk in reader:
+            rows += len(chunk.label)
+            if time.perf_counter() - started >= seconds:
+                break
+    return rows / (time.perf_counter() - started)

@@ -1,0 +1,99 @@
+"""The benchmark's outputs: per-path ratios, goal checks, a printed table, a bar chart PNG."""
+from __future__ import annotations
+
+import json
+import os
+
+from PIL import Image, ImageDraw, ImageFont
+
+BASELINE = "raw_files"
+# (path, reference path, minimum ratio): the goals of issue 5, checked in every run.
+GOALS = (("project", "raw_files", 1.0), ("project", "seed_petastorm", 2.0), ("project_resized", "raw_files", 1.8))
+DESCRIPTIONS = {
+    "raw_files": "torchvision ImageFolder + DataLoader",
+    "seed_petastorm": "make_spark_converter + make_torch_dataloader + TransformSpec",
+    "project": "trainer loader (data.loader), CPU decode",
+    "project_resized": "trainer loader on a --max-side 256 conversion",
+    "project_gpu_decode": "trainer loader, JPEG bytes decoded on the GPU",
+    "decode_ceiling": "cores x one core decoding + transforming (raw_files' transforms)",
+    "decode_ceiling_project": "cores x one core running the project's decode",
+}
+
+
+def path_table(rates: dict[str, dict], cores: int) -> dict[str, dict]:
+    """Add images/s per core and ratios to ``raw_files`` to each path's measurement."""
+    base = rates.get(BASELINE, {}).get("images_per_s")
+    out = {}
+    for name, r in rates.items():
+        ips = r["images_per_s"]
+        out[name] = {"images_per_s": round(ips, 1), "images_per_s_per_core": round(ips / cores, 1),
+                     f"ratio_to_{BASELINE}": round(ips / base, 3) if base else None,
+                     "images_per_cpu_s": round(r["images_per_cpu_s"], 1),
+                     "rounds": [round(v, 1) for v in r.get("rounds", [])],
+                     "description": DESCRIPTIONS.get(name, "")}
+    return out
+
+
+def goal_checks(paths: dict[str, dict]) -> list[dict]:
+    """Each goal whose two paths were measured: the ratio and whether it is met."""
+    checks = []
+    for path, ref, minimum in GOALS:
+        if path in paths and ref in paths and paths[ref]["images_per_s"]:
+            ratio = paths[path]["images_per_s"] / paths[ref]["images_per_s"]
+            checks.append({"goal": f"{path} >= {minimum:g}x {ref}", "ratio": round(ratio, 3), "met": ratio >= minimum})
+    return checks
+
+
+def format_table(result: dict) -> str:
+    """The printed summary: one line per path, then goals, conversion speed, train steps."""
+    lines = [f"{'path':<24}{'images/s':>10}{'per core':>10}{'x raw_files':>13}{'per CPU-s':>11}  description"]
+    for name, p in result["paths"].items():
+        ratio = p[f"ratio_to_{BASELINE}"]
+        lines.append(f"{name:<24}{p['images_per_s']:>10.1f}{p['images_per_s_per_core']:>10.1f}"
+                     f"{'' if ratio is None else f'{ratio:.2f}x':>13}{p['images_per_cpu_s']:>11.1f}  {p['description']}")
+    for g in result["goals"]:
+        lines.append(f"goal {g['goal']:<36} {g['ratio']:.2f}x  {'met' if g['met'] else 'NOT met'}")
+    for key, value in result.get("diagnostics", {}).items():
+        lines.append(f"{key:<40} {value}")
+    for name, c in result.get("conversion", {}).items():
+        lines.append(f"conversion {name:<29} {c['images_per_s']:8.1f} images/s ({c['images']} images, "
+                     f"{c['seconds']:.1f} s{', from its manifest' if c.get('from_manifest') else ''})")
+    for name, t in result.get("train_step", {}).get("paths", {}).items():
+        lines.append(f"train step {name:<24} {t['images_per_s']:8.1f} images/s  "
+                     f"{t['ratio_to_synthetic']:.2f}x synthetic  data wait {t['data_wait_fraction']:.1%}")
+    return "\n".join(lines)
+
+
+def bar_chart(paths: dict[str, dict], out_png: str, title: str) -> str:
+    """A horizontal bar chart of images/s per path, drawn with Pillow."""
+    font = ImageFont.load_default()
+    names = list(paths)
+    width, row, left, top = 900, 34, 200, 50
+    img = Image.new("RGB", (width, top + row * len(names) + 20), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 15), title, fill="black", font=font)
+    peak = max((p["images_per_s"] for p in paths.values()), default=1.0) or 1.0
+    for i, name in enumerate(names):
+        y, ips = top + i * row, paths[name]["images_per_s"]
+        length = int((width - left - 170) * ips / peak)
+        colour = (46, 134, 193) if name.startswith("project") else (150, 150, 150)
+        draw.text((10, y + 8), name, fill="black", font=font)
+        draw.rectangle([left, y + 4, left + max(length, 1), y + row - 6], fill=colour)
+        ratio = paths[name][f"ratio_to_{BASELINE}"]
+        label = f"{ips:.0f} img/s" + ("" if ratio is None else f"  ({ratio:.2f}x raw)")
+        draw.text((left + length + 8, y + 8), label, fill="black", font=font)
+    img.save(out_png)
+    return out_png
+
+
+def write_outputs(result: dict, out_json: str) -> str:
+    """Write the JSON and the chart next to it; return the printed table."""
+    folder = os.path.dirname(os.path.abspath(out_json))
+    os.makedirs(folder, exist_ok=True)
+    png = os.path.splitext(out_json)[0] + ".png"
+    m = result["machine"]
+    result["chart"] = bar_chart(result["paths"], png, f"delivered images/s, batch {result['settings']['batch_size']}, "
+                                f"{result['settings']['workers']} workers, {m['cpu_cores']} cores ({m['cpu']})")
+    with open(out_json, "w") as f:
+        json.dump(result, f, indent=2)
+    return format_table(result)

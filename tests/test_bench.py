@@ -1,0 +1,67 @@
+"""The input benchmark end to end on a tiny folder: real conversions, real loaders, real steps.
+
+Only the shape and internal consistency of the results are checked, never speeds: the
+goals are read from the benchmark's own printed ratios on a real data set.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from data import bench
+from data.synthetic import generate
+
+CPU_PATHS = ("raw_files", "seed_petastorm", "project", "project_resized", "decode_ceiling", "decode_ceiling_project")
+
+
+@pytest.fixture(scope="module")
+def result(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    images = os.path.join(root, "images")
+    generate(images, classes=3, per_class=8, width=96, height=72, seed=1, progress=False)
+    args = bench.parse_args(["--images", images, "--out-json", str(root / "bench.json"), "--seconds", "0.3",
+                             "--rounds", "1", "--batch-size", "4", "--image-size", "32", "--workers", "1",
+                             "--train-step", "--model", "resnet18"])
+    bench.run(args, spark=spark)
+    with open(root / "bench.json") as f:
+        return json.load(f), root
+
+
+def test_every_cpu_path_has_positive_rates_and_consistent_ratios(result):
+    res, _ = result
+    paths = res["paths"]
+    assert set(CPU_PATHS) <= set(paths)
+    base = paths["raw_files"]["images_per_s"]
+    cores = res["machine"]["cpu_cores"]
+    for name in CPU_PATHS:
+        p = paths[name]
+        assert p["images_per_s"] > 0 and p["images_per_cpu_s"] > 0, name
+        assert p["ratio_to_raw_files"] == pytest.approx(p["images_per_s"] / base, rel=1e-2, abs=1e-3), name
+        assert p["images_per_s_per_core"] == pytest.approx(p["images_per_s"] / cores, rel=1e-2, abs=0.1), name
+    for goal in res["goals"]:
+        path, ref = goal["goal"].split(" >= ")[0], goal["goal"].split("x ")[-1]
+        assert goal["ratio"] == pytest.approx(paths[path]["images_per_s"] / paths[ref]["images_per_s"], rel=1e-2)
+        assert goal["met"] == (goal["ratio"] >= float(goal["goal"].split(" >= ")[1].split("x")[0]))
+
+
+def test_conversion_speeds_chart_and_train_steps_are_reported(result):
+    res, root = result
+    conv = res["conversion"]
+    assert {"data.convert", "data.convert --max-side 256", "make_spark_converter"} <= set(conv)
+    assert all(c["images"] == 24 and c["images_per_s"] > 0 for c in conv.values())
+    assert os.path.isfile(res["chart"]) and res["chart"] == str(root / "bench.png")
+    assert res["diagnostics"]["petastorm_reader_rows_per_s_one_process"] > 0
+    steps = res["train_step"]["paths"]
+    assert {"synthetic", "raw_files", "seed_petastorm", "project", "project_resized"} <= set(steps)
+    assert steps["synthetic"]["ratio_to_synthetic"] == 1.0
+    for name, s in steps.items():
+        assert s["images_per_s"] > 0 and 0.0 <= s["data_wait_fraction"] <= 1.0, name
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--images", str(tmp_path / "missing"), "--out-json", str(tmp_path / "x.json")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

@@ -1,0 +1,75 @@
+"""The ``--decode gpu`` path, on CPU: JPEG batches from the loader decode to exactly the
+batches the CPU path yields (same crops, flips, labels, order), and the CPU decoder's
+draft-mode shortcut for large crops agrees with a full decode.
+
+Only the device of ``decode_jpeg`` differs on a GPU; that call is not exercised here.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from data.gpu_decode import JpegBatch, decode_on_device, jpeg_batch
+from data.loader import inspect_split, make_loader
+from data.manifest import split_url
+from data.synthetic import make_image
+from data.transforms import crop_resize, decode_crop, train_params
+from tests.converted import HEIGHT, converted
+
+SIZE = 32  # crops of the 64x48 test images are < 2 x SIZE: the CPU path decodes at full size
+assert HEIGHT < 2 * SIZE
+
+
+@pytest.fixture(scope="module")
+def dataset(request):
+    return converted(request, files_per_split=1, seed=7)
+
+
+@pytest.mark.parametrize("split,train,skip", [("train", True, 0), ("train", True, 3), ("val", False, 0)])
+def test_gpu_mode_batches_decode_to_the_cpu_batches(dataset, split, train, skip):
+    data, manifest = dataset
+    layout = inspect_split(split_url(data, split), manifest.num_classes)
+    kw = dict(workers=2, rank=0, world_size=1, batch_size=5, image_size=SIZE, train=train, seed=4, epoch=1,
+              skip_batches=skip)
+    with make_loader(layout, **kw) as cpu, make_loader(layout, decode="gpu", **kw) as gpu:
+        pairs = list(itertools.islice(zip(cpu, gpu), 6))
+    assert pairs
+    for (images, labels), (jpegs, gpu_labels) in pairs:
+        assert isinstance(jpegs, JpegBatch) and torch.equal(labels, gpu_labels)
+        decoded = decode_on_device(jpegs, SIZE, "cpu")
+        assert decoded.is_contiguous(memory_format=torch.channels_last) and decoded.dtype == torch.uint8
+        assert torch.equal(decoded, images)
+    flipped = sum(int(jpegs.flips.sum()) for (_, _), (jpegs, _) in pairs)
+    assert flipped > 0 if train else flipped == 0
+
+
+def test_jpeg_batch_keeps_each_file_and_draws_like_the_cpu_path():
+    rng = np.random.default_rng(0)
+    files = []
+    for w, h in [(64, 48), (40, 90), (120, 30)]:
+        buf = io.BytesIO()
+        make_image(1, 3, w, h, rng).save(buf, format="JPEG")
+        files.append(buf.getvalue())
+    batch = jpeg_batch(files, lambda w, h: train_params(w, h, np.random.default_rng([w, h])))
+    offsets = batch.offsets.tolist()
+    assert [bytes(batch.data[a:b].numpy()) for a, b in zip(offsets, offsets[1:])] == files
+    for (w, h), box, flip in zip([(64, 48), (40, 90), (120, 30)], batch.boxes.tolist(), batch.flips.tolist()):
+        assert (tuple(box), flip) == train_params(w, h, np.random.default_rng([w, h]))
+        assert 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+
+
+def test_draft_mode_decode_of_a_large_crop_agrees_with_a_full_decode():
+    buf = io.BytesIO()
+    make_image(2, 5, 1024, 768, np.random.default_rng(1)).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    box, size = (100, 80, 900, 700), 64  # 800x620 crop -> 64 px: Pillow decodes at 1/8 scale
+    drafted = decode_crop(data, size, lambda w, h: (box, False))
+    full = crop_resize(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB),
+                       box, False, size)
+    assert drafted.shape == full.shape == (3, size, size)
+    assert (drafted.float() - full.float()).abs().mean() < 6.0
