@@ -67,10 +67,14 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def train(data: str, out: str, *args: str, nproc: int = 2) -> dict:
-    ok(run("trainer.train", "--data", data, "--out", out, *args, nproc=nproc))
+def summary_of(out: str) -> dict:
     with open(os.path.join(out, "summary.json")) as f:
         return json.load(f)
+
+
+def train(data: str, out: str, *args: str, nproc: int = 2) -> dict:
+    ok(run("trainer.train", "--data", data, "--out", out, *args, nproc=nproc))
+    return summary_of(out)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +197,9 @@ def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, s
     stopped = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
     assert (stopped[ck.STEP], stopped[ck.EPOCH], stopped[ck.STEP_IN_EPOCH]) == (8, 1, 3)
     # ... then continue: an odd number of batches to skip with 2 loader workers per rank.
-    second = train(seven[0], out, *REFERENCE, "--resume", "auto")
+    second_run = ok(run("trainer.train", "--data", seven[0], "--out", out, *REFERENCE, "--resume", "auto", nproc=2))
+    assert "resuming from" in second_run.stdout and "note:" not in second_run.stdout
+    second = summary_of(out)
     assert second["steps"] == TOTAL_STEPS and second["rank_steps"] == [TOTAL_STEPS, TOTAL_STEPS]
 
     resumed = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
@@ -283,3 +289,10 @@ def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven, tmp_pat
     assert printed[0] == images[0] and len(printed) == 3 * 3 and printed[1].split()[0] == classes[0]
     line = one_error_line(run("trainer.predict", "--checkpoint", best, images[0], str(tmp_path / "nope.jpg")))
     assert "image not found" in line and "nope.jpg" in line
+
+
+def test_resume_notes_settings_that_change_the_trajectory():
+    state = {ck.CONFIG: {"batch_size": 8, "workers": 2, "val_every": None}, ck.WORLD_SIZE: 2}
+    assert ck.changed_settings(state, {"batch_size": 8, "workers": 2, "val_every": 5}, 2) == []
+    assert ck.changed_settings(state, {"batch_size": 8, "workers": 1, "val_every": None}, 4) == [
+        "--workers 2 -> 1", "world size 2 -> 4"]

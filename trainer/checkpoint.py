@@ -31,6 +31,13 @@ MLFLOW_RUN_ID = "mlflow_run_id"
 CLASSES = "classes"
 DATA_FINGERPRINT = "data_fingerprint"
 MODEL_NAME = "model_name"
+WORLD_SIZE = "world_size"          # ranks that trained it
+
+# Settings that shape the data order or the arithmetic: changing one on resume gives a
+# valid run, but not the one an uninterrupted run would have been.
+TRAJECTORY_SETTINGS = ("batch_size", "workers", "seed", "epochs", "steps_per_epoch", "image_size", "lr",
+                       "optimizer", "momentum", "weight_decay", "warmup_steps", "label_smoothing",
+                       "grad_clip", "precision", "decode")
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -97,6 +104,16 @@ def check_compatible(state: dict[str, Any], *, fingerprint: str, classes: list[s
         raise UserError(f"{path} was made for another data set (fingerprint {state.get(DATA_FINGERPRINT)}, "
                         f"{len(state.get(CLASSES) or [])} classes; this one is {fingerprint}, {len(classes)} "
                         "classes): use a new --out or the matching --data")
+
+
+def changed_settings(state: dict[str, Any], config: dict[str, Any], world_size: int) -> list[str]:
+    """The trajectory settings (and world size) that differ from the checkpoint's, as text."""
+    old = state.get(CONFIG) or {}
+    changed = [f"--{k.replace('_', '-')} {old[k]} -> {config[k]}" for k in TRAJECTORY_SETTINGS
+               if k in old and k in config and old[k] != config[k]]
+    if state.get(WORLD_SIZE, world_size) != world_size:
+        changed.append(f"world size {state[WORLD_SIZE]} -> {world_size}")
+    return changed
 
 
 def rng_state() -> dict[str, Any]:

@@ -112,7 +112,7 @@ class Job:
             ck.STEP: p.step, ck.EPOCH: p.epoch, ck.STEP_IN_EPOCH: p.step_in_epoch, ck.BEST_TOP1: p.best_top1,
             ck.CONFIG: self.cfg.to_dict(), ck.RNG: ck.rng_state(), ck.MLFLOW_RUN_ID: self.tracker.run_id,
             ck.CLASSES: self.manifest.classes, ck.DATA_FINGERPRINT: self.manifest.fingerprint,
-            ck.MODEL_NAME: self.cfg.model,
+            ck.MODEL_NAME: self.cfg.model, ck.WORLD_SIZE: self.dist.world_size,
         }
 
     def save(self, name: str) -> str | None:
@@ -255,6 +255,10 @@ def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
         progress = Progress(step=resumed[ck.STEP], epoch=resumed[ck.EPOCH],
                             step_in_epoch=resumed[ck.STEP_IN_EPOCH], best_top1=resumed[ck.BEST_TOP1])
         run_id = resumed[ck.MLFLOW_RUN_ID]
+        changed = ck.changed_settings(resumed, cfg.to_dict(), dist.world_size)
+        if changed:
+            print0(f"note: resuming with {', '.join(changed)}: training goes on, but not exactly as it "
+                   "would have without the interruption")
         print0(f"resuming from {resume_path} at step {progress.step} (epoch {progress.epoch + 1}, "
                f"step {progress.step_in_epoch} of {steps_per_epoch})")
     ddp = DDP(model, device_ids=[dist.device.index] if cuda else None) if dist.distributed else model
