@@ -49,12 +49,15 @@ def _poll(tracker, group: str, bar: tqdm, stop: threading.Event) -> None:
 
 
 def _task_counts(tracker, group: str) -> tuple[int, int]:
+    """Finished and total tasks of the group's stages that have started (stages Spark
+    skips because their output already exists never start and are not counted)."""
     done = total = 0
+    active = set(tracker.getActiveStageIds())
     for job in tracker.getJobIdsForGroup(group):
         info = tracker.getJobInfo(job)
         for stage_id in info.stageIds if info else ():
             stage = tracker.getStageInfo(stage_id)
-            if stage:
+            if stage and (stage_id in active or stage.numCompletedTasks + stage.numActiveTasks > 0):
                 done += stage.numCompletedTasks
                 total += stage.numTasks
     return done, total

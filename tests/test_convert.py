@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from data.convert import RUNTIME_CONF, convert, runtime_conf
+from data.convert_job import OUTPUT_COLUMNS
 from data.errors import UserError
 from data.layouts import image_glob
 from data.manifest import Manifest
@@ -112,8 +113,11 @@ def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, conve
     small = {"spark.sql.files.maxPartitionBytes": "8000", "spark.sql.files.openCostInBytes": "1"}
     assert read_partitions(spark, images, {**RUNTIME_CONF, **small}) >= 3 * read_partitions(spark, images, RUNTIME_CONF)
     again = str(tmp_path / "again")
-    convert(images, again, spark=spark, split=SPLIT, seed=SEED + 1, progress=False)
-    other_seed = {s: read_split(again, s)["path"] for s in manifest.splits}
+    everything = convert(images, again, spark=spark, split=(1, 0, 0), seed=SEED + 1, progress=False)
+    assert (everything.splits["train"].rows, everything.splits["val"].rows) == (22, 0)
+    assert (everything.splits["val"].files, everything.splits["val"].row_groups) == (1, 0)  # schema only
+    assert spark.read.parquet(os.path.join(again, "val")).columns == list(OUTPUT_COLUMNS)
+    other_seed = read_split(again, "train")["path"]
     with pytest.raises(UserError, match="not empty"):
         convert(images, again, spark=spark, split=SPLIT, seed=SEED, progress=False)
     second = convert(images, again, spark=spark, split=SPLIT, seed=SEED, progress=False,
@@ -122,7 +126,8 @@ def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, conve
     assert second.fingerprint == manifest.fingerprint
     for split in manifest.splits:
         assert read_split(again, split) == read_split(out, split)
-    assert other_seed != {s: read_split(out, s)["path"] for s in manifest.splits}, "the seed matters"
+    assert other_seed != sorted(read_split(out, "train")["path"] + read_split(out, "val")["path"]
+                                + read_split(out, "test")["path"], key=lambda p: split_key(SEED, p)), "the seed matters"
     assert sorted(os.listdir(tmp_path)) == ["again"]
 
 
