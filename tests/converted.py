@@ -2,7 +2,8 @@
 
 Made once per test session with the real ``data.convert`` on the session's local Spark
 and cached under pytest's session temp folder, so several test modules can ask for the
-same one without converting twice (Spark starts only if a conversion is needed).
+same one without converting twice (Spark starts only if a conversion is needed). Test
+modules import the fixtures ``one_group`` and ``seven_groups`` from here.
 """
 from __future__ import annotations
 
@@ -32,3 +33,20 @@ def converted(request: pytest.FixtureRequest, files_per_split: int, seed: int) -
         convert(images, out, files_per_split=files_per_split, seed=seed, spark=request.getfixturevalue("spark"),
                 progress=False)
     return out, Manifest.load(out)
+
+
+@pytest.fixture(scope="module")
+def one_group(request) -> tuple[str, Manifest]:
+    """Every split in a single Parquet row group: fewer row groups than ranks x workers."""
+    data, manifest = converted(request, files_per_split=1, seed=7)
+    assert {s.row_groups for s in manifest.splits.values()} == {1}
+    return data, manifest
+
+
+@pytest.fixture(scope="module")
+def seven_groups(request) -> tuple[str, Manifest]:
+    """Every split in 7 row groups: shards of unequal size for 2, 3 or 4 ranks. Its split
+    seed differs from ``one_group``'s, so the two are different data sets (fingerprints)."""
+    data, manifest = converted(request, files_per_split=7, seed=13)
+    assert {s.row_groups for s in manifest.splits.values()} == {7}
+    return data, manifest

@@ -14,23 +14,7 @@ import torch
 
 from data.loader import inspect_split, make_loader, shard_plan
 from data.manifest import split_url
-from tests.converted import converted
-
-
-@pytest.fixture(scope="module")
-def one_group(request):
-    """Every split in a single Parquet row group: fewer row groups than ranks x workers."""
-    data, manifest = converted(request, files_per_split=1, seed=7)
-    assert {s.row_groups for s in manifest.splits.values()} == {1}
-    return data, manifest
-
-
-@pytest.fixture(scope="module")
-def seven_groups(request):
-    """Every split in 7 row groups: shards of unequal size for 2, 3 or 4 ranks."""
-    data, manifest = converted(request, files_per_split=7, seed=13)
-    assert {s.row_groups for s in manifest.splits.values()} == {7}
-    return data, manifest
+from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
 
 
 def eval_images(layout, world_size: int, workers: int) -> list[tuple[int, str]]:

@@ -21,7 +21,7 @@ from PIL import Image
 from data.errors import UserError
 from data.manifest import Manifest
 from data.synthetic import make_image
-from tests.converted import converted
+from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig
 from trainer.model import model_from_checkpoint
@@ -78,24 +78,11 @@ def train(data: str, out: str, *args: str, nproc: int = 2) -> dict:
 
 
 @pytest.fixture(scope="module")
-def seven(request):
-    data, manifest = converted(request, files_per_split=7, seed=13)
-    assert manifest.splits["train"].row_groups == 7 and manifest.splits["train"].rows == 84
-    return data, manifest
-
-
-@pytest.fixture(scope="module")
-def one(request):
-    data, manifest = converted(request, files_per_split=1, seed=7)
-    assert manifest.splits["train"].row_groups == 1 and manifest.splits["val"].row_groups == 1
-    return data, manifest
-
-
-@pytest.fixture(scope="module")
-def reference(seven, tmp_path_factory):
+def reference(seven_groups, tmp_path_factory):
     """An uninterrupted 2-rank run: (run folder, summary)."""
+    assert seven_groups[1].splits["train"].rows == 84  # STEPS_PER_EPOCH depends on it
     out = str(tmp_path_factory.mktemp("reference"))
-    return out, train(seven[0], out, *REFERENCE)
+    return out, train(seven_groups[0], out, *REFERENCE)
 
 
 def mlflow_client(summary: dict):
@@ -104,20 +91,20 @@ def mlflow_client(summary: dict):
     return mlflow.MlflowClient(tracking_uri=summary["mlflow_tracking_uri"])
 
 
-def test_two_ranks_take_equal_steps_on_a_single_row_group(one, tmp_path):
+def test_two_ranks_take_equal_steps_on_a_single_row_group(one_group, tmp_path):
     # 2 ranks x 2 workers = 4 loader shards over 1 row group: no NoDataAvailableError, no hang.
-    summary = train(one[0], str(tmp_path), *TRAIN, "--epochs", "1")
+    summary = train(one_group[0], str(tmp_path), *TRAIN, "--epochs", "1")
     assert summary["rank_steps"] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH]
     assert summary["steps"] == summary["steps_per_epoch"] == STEPS_PER_EPOCH
-    assert summary["val_count"] == one[1].splits["val"].rows
+    assert summary["val_count"] == one_group[1].splits["val"].rows
 
 
-def test_two_ranks_take_equal_steps_on_seven_row_groups(reference, seven):
+def test_two_ranks_take_equal_steps_on_seven_row_groups(reference, seven_groups):
     # 7 row groups over 4 loader shards: shards of 2, 2, 2 and 1 row groups.
     _, summary = reference
     assert summary["world_size"] == 2 and summary["steps_per_epoch"] == STEPS_PER_EPOCH
     assert summary["rank_steps"] == [TOTAL_STEPS, TOTAL_STEPS] and summary["steps"] == TOTAL_STEPS
-    assert summary["val_count"] == seven[1].splits["val"].rows
+    assert summary["val_count"] == seven_groups[1].splits["val"].rows
 
 
 def test_loss_falls_on_a_learnable_set(reference):
@@ -129,35 +116,36 @@ def test_loss_falls_on_a_learnable_set(reference):
     assert summary["val_loss"] < 0.25 * losses[0] and summary["val_top1"] >= 0.8
 
 
-def test_validation_counts_each_image_once_and_matches_one_and_two_rank_evaluation(reference, seven, tmp_path):
+def test_validation_counts_each_image_once_and_matches_one_and_two_rank_evaluation(reference, seven_groups,
+                                                                                   tmp_path):
     from trainer.evaluate import main as evaluate_main
 
     out, summary = reference
     last = os.path.join(out, "checkpoints", ck.LAST)
-    single = evaluate_main(["--checkpoint", last, "--data", seven[0], "--split", "val", "--workers", "0",
+    single = evaluate_main(["--checkpoint", last, "--data", seven_groups[0], "--split", "val", "--workers", "0",
                             "--json", str(tmp_path / "one.json")])
-    ok(run("trainer.evaluate", "--checkpoint", last, "--data", seven[0], "--split", "val", "--batch-size", "3",
+    ok(run("trainer.evaluate", "--checkpoint", last, "--data", seven_groups[0], "--split", "val", "--batch-size", "3",
            "--json", str(tmp_path / "two.json"), nproc=2))
     with open(tmp_path / "two.json") as f:
         double = json.load(f)
     assert double["world_size"] == 2 and single["world_size"] == 1
     for res in (single, double):
-        assert res["count"] == summary["val_count"] == seven[1].splits["val"].rows
+        assert res["count"] == summary["val_count"] == seven_groups[1].splits["val"].rows
         assert res["top1"] == summary["val_top1"] and res["top5"] == summary["val_top5"]
         assert res["loss"] == pytest.approx(summary["val_loss"], rel=1e-5, abs=1e-7)
         assert res["confusion_matrix"] == single["confusion_matrix"]
     # The report: per-class accuracy by name, and a readable PNG.
-    assert list(single["per_class_accuracy"]) == seven[1].classes
-    assert list(single["per_class_count"].values()) == seven[1].splits["val"].per_class
+    assert list(single["per_class_accuracy"]) == seven_groups[1].classes
+    assert list(single["per_class_count"].values()) == seven_groups[1].splits["val"].per_class
     with Image.open(single["confusion_png"]) as png:
         assert png.format == "PNG" and min(png.size) > 100
 
 
-def test_evaluate_refuses_a_data_set_with_other_classes(reference, seven, tmp_path):
+def test_evaluate_refuses_a_data_set_with_other_classes(reference, seven_groups, tmp_path):
     from trainer.evaluate import main as evaluate_main
 
     other = str(tmp_path / "other")
-    shutil.copytree(seven[0], other)
+    shutil.copytree(seven_groups[0], other)
     manifest = Manifest.load(other)
     manifest.classes = list(reversed(manifest.classes))
     manifest.save(other)
@@ -165,13 +153,13 @@ def test_evaluate_refuses_a_data_set_with_other_classes(reference, seven, tmp_pa
         evaluate_main(["--checkpoint", os.path.join(reference[0], "checkpoints", ck.BEST), "--data", other])
 
 
-def test_checkpoint_round_trip(reference, seven, tmp_path):
+def test_checkpoint_round_trip(reference, seven_groups, tmp_path):
     out, summary = reference
     state = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
     for key in (ck.MODEL, ck.OPTIMIZER, ck.SCHEDULER, ck.SCALER, ck.CONFIG, ck.RNG, ck.MLFLOW_RUN_ID):
         assert key in state
     assert (state[ck.STEP], state[ck.EPOCH], state[ck.STEP_IN_EPOCH]) == (TOTAL_STEPS, EPOCHS, 0)
-    assert state[ck.CLASSES] == seven[1].classes and state[ck.DATA_FINGERPRINT] == seven[1].fingerprint
+    assert state[ck.CLASSES] == seven_groups[1].classes and state[ck.DATA_FINGERPRINT] == seven_groups[1].fingerprint
     assert state[ck.MLFLOW_RUN_ID] == summary["mlflow_run_id"]
     assert not any(k.startswith("module.") for k in state[ck.MODEL])
     assert TrainConfig.from_dict(state[ck.CONFIG]).model == "resnet18"
@@ -188,16 +176,17 @@ def test_checkpoint_round_trip(reference, seven, tmp_path):
     assert best[ck.BEST_TOP1] == summary["best_val_top1"]
 
 
-def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, seven, tmp_path):
+def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, seven_groups, tmp_path):
     ref_out, ref_summary = reference
     out = str(tmp_path)
     # Stop mid-epoch 2 after 8 steps (last.pt also written at steps 3, 5 and 6 on the way) ...
-    first = train(seven[0], out, *REFERENCE, "--stop-after-steps", "8")
+    first = train(seven_groups[0], out, *REFERENCE, "--stop-after-steps", "8")
     assert first["steps"] == 8 and first["rank_steps"] == [8, 8]
     stopped = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
     assert (stopped[ck.STEP], stopped[ck.EPOCH], stopped[ck.STEP_IN_EPOCH]) == (8, 1, 3)
     # ... then continue: an odd number of batches to skip with 2 loader workers per rank.
-    second_run = ok(run("trainer.train", "--data", seven[0], "--out", out, *REFERENCE, "--resume", "auto", nproc=2))
+    second_run = ok(run("trainer.train", "--data", seven_groups[0], "--out", out, *REFERENCE, "--resume", "auto",
+                        nproc=2))
     assert "resuming from" in second_run.stdout and "note:" not in second_run.stdout
     second = summary_of(out)
     assert second["steps"] == TOTAL_STEPS and second["rank_steps"] == [TOTAL_STEPS, TOTAL_STEPS]
@@ -230,7 +219,8 @@ def test_mlflow_gets_params_metrics_and_artifacts(reference):
     assert run_.info.status == "FINISHED"
     params = run_.data.params
     assert (params["model"], params["batch_size"], params["optimizer"]) == ("resnet18", "8", "adamw")
-    assert (params["world_size"], params["steps_per_epoch"], params["epochs"]) == ("2", str(STEPS_PER_EPOCH), str(EPOCHS))
+    assert (params["world_size"], params["steps_per_epoch"], params["epochs"]) == (
+        "2", str(STEPS_PER_EPOCH), str(EPOCHS))
     assert {"train_loss", "lr", "train_images_per_s", "data_wait_fraction",
             "val_loss", "val_top1", "val_top5"} <= set(run_.data.metrics)
     assert len(client.get_metric_history(run_.info.run_id, "val_top1")) == EPOCHS  # once per epoch
@@ -239,15 +229,15 @@ def test_mlflow_gets_params_metrics_and_artifacts(reference):
     assert {"classes.json", "config.json", ck.BEST, "summary.json"} <= artifacts
 
 
-def test_resume_with_another_data_set_is_refused(reference, one, tmp_path):
+def test_resume_with_another_data_set_is_refused(reference, one_group, tmp_path):
     last = os.path.join(reference[0], "checkpoints", ck.LAST)
-    line = one_error_line(run("trainer.train", "--data", one[0], "--out", str(tmp_path), *REFERENCE,
+    line = one_error_line(run("trainer.train", "--data", one_group[0], "--out", str(tmp_path), *REFERENCE,
                               "--resume", last))
     assert "another data set" in line and last in line
 
 
-def test_user_errors_exit_2_with_one_line_and_no_traceback(seven, tmp_path):
-    data = seven[0]
+def test_user_errors_exit_2_with_one_line_and_no_traceback(seven_groups, tmp_path):
+    data = seven_groups[0]
     cases = {
         "data folder not found": ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "a")],
         "unknown model": ["--data", data, "--out", str(tmp_path / "b"), "--model", "resnet_nine"],
@@ -271,11 +261,11 @@ def class_image(k: int, path: str, mode: str = "RGB") -> str:
     return path
 
 
-def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven, tmp_path):
+def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven_groups, tmp_path):
     from trainer.predict import predict
 
     best = os.path.join(reference[0], "checkpoints", ck.BEST)
-    classes = seven[1].classes
+    classes = seven_groups[1].classes
     images = [class_image(0, str(tmp_path / "a.jpg")), class_image(1, str(tmp_path / "b.png"), "RGBA"),
               class_image(2, str(tmp_path / "c.webp"))]
     result = predict(best, images, top_k=3)
@@ -284,6 +274,10 @@ def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven, tmp_pat
         assert sorted(names) == sorted(classes) and list(probs) == sorted(probs, reverse=True)
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
         assert names[0] == classes[k], result[path]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg: not an image"):
+        predict(best, [str(broken)])
 
     printed = ok(run("trainer.predict", "--checkpoint", best, "--top-k", "2", *images)).stdout.splitlines()
     assert printed[0] == images[0] and len(printed) == 3 * 3 and printed[1].split()[0] == classes[0]

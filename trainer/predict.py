@@ -36,14 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_image(path: str, size: int) -> np.ndarray:
     """One file as the eval transform's HWC uint8 array; a plain UserError if unusable."""
-    if not os.path.isfile(path):
-        raise UserError(f"image not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
     try:
-        jpeg = normalise(data).jpeg
-    except BadImage as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+        with open(path, "rb") as f:
+            jpeg = normalise(f.read()).jpeg
+    except (OSError, BadImage) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"cannot read image {path}: {reason}") from None
     return decode_eval(jpeg, size)
 
 
@@ -54,8 +52,9 @@ def predict(checkpoint: str, images: list[str], top_k: int = 5,
     if top_k < 1:
         raise UserError("--top-k must be >= 1")
     missing = [p for p in images if not os.path.isfile(p)]
-    if missing:
-        raise UserError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if missing:  # before loading the model: say it at once
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"image not found: {missing[0]}{more}")
     state = ck.load_checkpoint(checkpoint)
     classes = list(state[ck.CLASSES])
     size = image_size or state[ck.CONFIG]["image_size"]
