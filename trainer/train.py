@@ -200,8 +200,9 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
         bar.update(1)
         if job.val is not None and cfg.val_every and p.step % cfg.val_every == 0:
+            started = time.perf_counter()
             validate(job)
-            window_start = time.perf_counter()
+            window_start += time.perf_counter() - started  # the window's steps keep their time
         if cfg.ckpt_every and p.step % cfg.ckpt_every == 0:
             job.save(ck.LAST)
 
