@@ -209,7 +209,11 @@ class Batches:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return next(self._it)
+        try:
+            return next(self._it)
+        except UserError as exc:  # from a worker: its text is "Caught UserError in ...", a traceback, the message
+            last = str(exc).strip().splitlines()[-1]
+            raise UserError(last.split("UserError: ", 1)[-1]) from None
 
     def close(self) -> None:
         shutdown = getattr(self._it, "_shutdown_workers", None)

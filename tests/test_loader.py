@@ -98,3 +98,19 @@ def test_train_ranks_read_different_rows(seven_groups):
     first = [take(layout, 2, workers=0, rank=r, world_size=2) for r in range(2)]
     assert not same(first[0], first[1])
 
+
+
+def test_a_worker_shard_without_rows_is_a_one_line_user_error(one_group):
+    import pyarrow.parquet as pq
+
+    from data.errors import UserError
+
+    data, manifest = one_group
+    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
+    paths = pq.read_table(split_url(data, "train")[len("file://"):], columns=["path"]).column("path").to_pylist()
+    world, workers = 40, 2  # 80 shards share the single row group's 84 rows: some own none
+    empty = next(g for g in range(world * workers) if not shard_plan(g, world * workers, 1).keep(paths).any())
+    with pytest.raises(UserError) as caught:
+        take(layout, 4, workers=workers, rank=empty // workers, world_size=world)  # batches of both workers
+    message = str(caught.value)
+    assert "too few rows" in message and "\n" not in message and "Traceback" not in message
