@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import subprocess
 import sys
 
@@ -31,7 +30,7 @@ SEED = 13
 def read_split(out: str, split: str) -> dict[str, list]:
     """All rows of a split, in stored order (files by name, rows in file order)."""
     tables = [pq.read_table(f) for f in parquet_files(os.path.join(out, split))]
-    rows = {c: [] for c in ("image", "label", "path", "width", "height")}
+    rows = {c: [] for c in OUTPUT_COLUMNS}
     for t in tables:
         for c in rows:
             rows[c] += t.column(c).to_pylist()
@@ -202,6 +201,8 @@ def test_unusual_and_broken_files(spark, tmp_path):
     out = str(tmp_path / "out")
     manifest = convert(src, out, spark=spark, split=(0.5, 0.25, 0.25), max_side=100, progress=False)
     assert manifest.classes == ["crème brûlée", "plain"]
+    # 5 and 6 kept images at 0.5/0.25/0.25: halves round up (2.5 -> 3, 1.5 -> 2)
+    assert [manifest.splits[s].per_class for s in ("train", "val", "test")] == [[3, 3], [1, 2], [1, 1]]
     stored = {}
     for split in manifest.splits:
         rows = read_split(out, split)
