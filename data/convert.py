@@ -90,10 +90,7 @@ def _session(spark, master: str, conf: dict[str, str] | None) -> Iterator[Any]:
 
         spark = SparkSession.getActiveSession()  # e.g. a notebook's: use it, leave it running
     if spark is None:
-        if master.startswith("local"):  # workers must run this interpreter (our venv)
-            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        quiet = {"spark.ui.showConsoleProgress": "false"}  # we draw our own bars
-        session = get_spark(master, {**quiet, **settings})
+        session = get_spark(master, settings)
         try:
             yield session
         finally:

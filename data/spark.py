@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 from data.errors import UserError
 
@@ -42,11 +43,14 @@ def ensure_java() -> str:
 def get_spark(master: str = "local[*]", conf: dict[str, str] | None = None, app_name: str = "sparkdp"):
     """Return the active SparkSession or build one on ``master`` with ``conf`` applied."""
     ensure_java()
+    if master.startswith("local"):  # Python workers must run this interpreter (its venv)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app_name)
     settings = {
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",  # our own progress bars replace Spark's
         "spark.sql.shuffle.partitions": "8" if master.startswith("local") else "200",
         "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "4g"),
         # Images are large binary rows: keep Arrow batches small so executors stay lean.

@@ -145,9 +145,7 @@ def start_spark(master: str, conf: dict[str, str] | None = None):
     """A SparkSession on ``master``; a local master's tasks run this interpreter (its venv)."""
     from data.spark import get_spark
 
-    if master.startswith("local"):
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return get_spark(master, {"spark.ui.showConsoleProgress": "false", **(conf or {})})
+    return get_spark(master, conf)
 
 
 def build_parser() -> argparse.ArgumentParser:
