@@ -1,6 +1,6 @@
-"""The ``--decode gpu`` path, on CPU: JPEG batches from the loader decode to exactly the
-batches the CPU path yields (same crops, flips, labels, order), and the CPU decoder's
-draft-mode shortcut for large crops agrees with a full decode.
+"""The ``--decode gpu`` path, on CPU: JPEG batches from the loader decode to the batches
+the CPU path yields (same crops, flips, labels, order; pixels within one grey level),
+and the CPU decoder's draft-mode shortcut for large crops agrees with a full decode.
 
 Only the device of ``decode_jpeg`` differs on a GPU; that call is not exercised here.
 """
@@ -43,7 +43,8 @@ def test_gpu_mode_batches_decode_to_the_cpu_batches(dataset, split, train, skip)
         assert isinstance(jpegs, JpegBatch) and torch.equal(labels, gpu_labels)
         decoded = decode_on_device(jpegs, SIZE, "cpu")
         assert decoded.is_contiguous(memory_format=torch.channels_last) and decoded.dtype == torch.uint8
-        assert torch.equal(decoded, images)
+        assert (decoded.int() - images.int()).abs().max() <= 1  # float vs uint8 resize kernels: rounding
+        assert (decoded.float() - images.float()).abs().mean() < 0.5
     flipped = sum(int(jpegs.flips.sum()) for (_, _), (jpegs, _) in pairs)
     assert flipped > 0 if train else flipped == 0
 
