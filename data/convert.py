@@ -16,7 +16,7 @@ import time
 from typing import Any, Iterator
 
 from data import convert_job, layouts
-from data.errors import UserError, cli
+from data.errors import UserError, cli, storage_errors
 from data.images import DEFAULT_QUALITY
 from data.manifest import REJECTED as REJECTED_CSV
 from data.manifest import Manifest
@@ -57,7 +57,8 @@ def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, se
     options = {"images": os.path.abspath(images), "layout": lay.name, "root": lay.root,
                "split": list(fractions), "seed": seed, "quality": quality, "max_side": max_side,
                "files_per_split": files_per_split, "row_group_mb": row_group_mb}
-    with _session(spark, master, spark_conf) as session, staged_folder(out, overwrite) as tmp:
+    with storage_errors(f"writing {out} failed", "nothing was published"), \
+            _session(spark, master, spark_conf) as session, staged_folder(out, overwrite) as tmp:
         started = time.monotonic()
         manifest = convert_job.run(session, lay, tmp, fractions, options, progress)
         seconds = time.monotonic() - started

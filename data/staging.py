@@ -24,6 +24,11 @@ def check_out(out: str, overwrite: bool, source: str) -> str:
         raise UserError(f"--out {out} and --images {source} must not contain each other")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"--out {out} exists and is not a folder")
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UserError(f"--out {out} cannot be created: {ancestor} is not a folder")
     if os.path.isdir(path) and os.listdir(path):
         if not overwrite:
             raise UserError(f"--out {out} is not empty: pass --overwrite to replace it")

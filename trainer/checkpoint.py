@@ -7,6 +7,7 @@ so a crash mid-write leaves the previous file intact and never a partial ``last.
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from typing import Any
@@ -44,29 +45,43 @@ BEST = "best.pt"
 
 
 def checkpoint_dir(run_dir: str) -> str:
+    """Where a run's checkpoints live: ``RUN_DIR/checkpoints``."""
     return os.path.join(run_dir, "checkpoints")
 
 
 def save_checkpoint(state: dict[str, Any], path: str) -> str:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync folder)."""
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync folder).
+
+    A full disk or an unwritable folder is a UserError naming the file; the previous
+    ``path`` is left as it was. Temp files of earlier writes that were killed midway
+    (``.NAME.*.tmp``) are removed first: they are never read.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    prefix = f".{os.path.basename(path)}."
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
+            os.unlink(stale)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             torch.save({FORMAT: FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise UserError(f"cannot write checkpoint {path}: {reason} (disk full or not writable?); "
+                        "the previous checkpoint is unchanged") from None
     finally:
-        os.close(dir_fd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -93,6 +108,11 @@ def find_resume(run_dir: str, resume: str | None) -> str | None:
     if not os.path.isfile(resume):
         raise UserError(f"--resume checkpoint not found: {resume}")
     return resume
+
+
+def find_latest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint a resumed run continues from (``RUN_DIR/checkpoints/last.pt``), or None."""
+    return find_resume(run_dir, "auto")
 
 
 def check_compatible(state: dict[str, Any], *, fingerprint: str, classes: list[str], model_name: str,

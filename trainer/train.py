@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -19,12 +20,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data.errors import UserError, cli
+from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch, decode_on_device
-from data.loader import SplitLayout, inspect_split, make_loader, normalize
-from data.manifest import Manifest, split_url
+from data.loader import SplitLayout, normalize
+from data.manifest import Manifest
+from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig, parse_args
+from trainer.peers import StepBeacon
 from trainer.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, compute_cleanup, compute_init,
                                  print0)
 from trainer.metrics import ClassificationSums
@@ -79,6 +82,7 @@ class Job:
     progress: Progress
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    beacon: StepBeacon = field(default_factory=lambda: StepBeacon(0, 1))
 
     @property
     def total_steps(self) -> int:
@@ -93,10 +97,15 @@ class Job:
         return autocast_context(self.dist.device, self.autocast_dtype)
 
     def loader(self, layout: SplitLayout, train: bool, epoch: int = 0, skip: int = 0):
-        return make_loader(layout, workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda",
-                           rank=self.dist.rank, world_size=self.dist.world_size,
-                           batch_size=self.cfg.batch_size, image_size=self.cfg.image_size, train=train,
-                           seed=self.cfg.seed, epoch=epoch, skip_batches=skip, decode=self.cfg.decode)
+        """The public :func:`data.make_train_loader` (``steps_per_epoch`` batches from step
+        ``skip`` of ``epoch``) or :func:`data.make_eval_loader`, for this rank."""
+        common = dict(workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda", rank=self.dist.rank,
+                      world_size=self.dist.world_size, batch_size=self.cfg.batch_size,
+                      image_size=self.cfg.image_size, decode=self.cfg.decode)
+        if train:
+            return make_train_loader(layout, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
+                                     skip_batches=skip, **common)
+        return make_eval_loader(layout, **common)
 
     def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
         if isinstance(images, JpegBatch):  # --decode gpu: JPEG bytes, decoded on the device
@@ -181,6 +190,7 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         job.scheduler.step()
         p.step += 1
         p.step_in_epoch += 1
+        job.beacon.mark(p.step)
         window_images += len(labels)
         window_wait += t1 - t0
         if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
@@ -207,23 +217,15 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             job.save(ck.LAST)
 
 
-def _steps_per_epoch(cfg: TrainConfig, train: SplitLayout, world_size: int) -> int:
-    per_rank = train.rows // world_size
-    if per_rank < cfg.batch_size:
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than a rank's share of the train split "
-                        f"({train.rows} rows / {world_size} ranks = {per_rank}): lower it or use fewer ranks")
-    return cfg.steps_per_epoch or train.rows // (cfg.batch_size * world_size)
-
-
 def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
     """Check inputs, build model/optimizer/schedule, restore a checkpoint if resuming."""
     manifest = Manifest.load(cfg.data)
     if cfg.decode == "gpu" and dist.device.type != "cuda":
         raise UserError("--decode gpu needs a CUDA device; use --decode cpu")
-    train = inspect_split(split_url(cfg.data, "train"), manifest.num_classes)
+    train = open_split(cfg.data, "train", manifest)
     val_split = manifest.splits.get("val")
-    val = inspect_split(split_url(cfg.data, "val"), manifest.num_classes) if val_split and val_split.rows else None
-    steps_per_epoch = _steps_per_epoch(cfg, train, dist.world_size)
+    val = open_split(cfg.data, "val", manifest) if val_split and val_split.rows else None
+    steps_per_epoch = train_steps_per_epoch(train, cfg.batch_size, dist.world_size, cfg.steps_per_epoch)
     resume_path = ck.find_resume(cfg.out, cfg.resume)
     resumed = ck.load_checkpoint(resume_path) if resume_path else None
     if resumed is not None:
@@ -332,20 +334,35 @@ def summarize(job: Job) -> dict:
     return summary
 
 
+def prepare_run_dir(out: str) -> None:
+    """Create the run folder and prove it is writable before any process group exists."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+
+
 def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     """Train; returns the summary dict on rank 0 (None on other ranks)."""
     cfg = argv if isinstance(argv, TrainConfig) else parse_args(argv)
-    os.makedirs(cfg.out, exist_ok=True)
+    prepare_run_dir(cfg.out)
     dist = compute_init(cfg.dist_timeout)
+    beacon = StepBeacon(dist.rank, dist.world_size)
     job = None
     try:
         job = setup(cfg, dist)
+        job.beacon = beacon
         summary = fit(job)
         job.tracker.close("KILLED" if summary["steps"] < job.total_steps else "FINISHED")
         return summary if dist.is_main else None
-    except BaseException:
+    except BaseException as exc:
         if job is not None:
             job.tracker.close("FAILED")
+        lost_peer = None if isinstance(exc, UserError) else beacon.describe(exc, cfg.dist_timeout)
+        if lost_peer:
+            raise PeerFailure(lost_peer) from exc
         raise
     finally:
         compute_cleanup()
