@@ -18,8 +18,9 @@ from functools import partial
 import torch
 
 from data.errors import UserError, cli
-from data.loader import inspect_split, make_loader, normalize
-from data.manifest import Manifest, split_url
+from data.loader import normalize
+from data.manifest import Manifest
+from data.rank_loaders import make_eval_loader, open_split
 from trainer import checkpoint as ck
 from trainer.confusion_png import write_confusion_png
 from trainer.distributed import DistInfo, compute_cleanup, compute_init
@@ -69,7 +70,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     check_classes(state, manifest, checkpoint, data)
     if manifest.split(split).rows == 0:
         raise UserError(f"split {split!r} of {data} is empty")
-    layout = inspect_split(split_url(data, split), manifest.num_classes)
+    layout = open_split(data, split, manifest)
     trained = state[ck.CONFIG]
     batch_size = batch_size or trained["batch_size"]
     image_size = image_size or trained["image_size"]
@@ -83,8 +84,8 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     def prepare(images: torch.Tensor, labels: torch.Tensor):
         return normalize(images, dist.device, channels_last=cuda), labels.to(dist.device, non_blocking=True)
 
-    with make_loader(layout, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
-                     batch_size=batch_size, image_size=image_size, train=False) as batches:
+    with make_eval_loader(layout, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
+                          batch_size=batch_size, image_size=image_size) as batches:
         sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
                         partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))
     context = {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "split": split,
