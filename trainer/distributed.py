@@ -18,6 +18,8 @@ DEFAULT_TIMEOUT_S = 600.0
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in the job: from :func:`compute_init`."""
+
     rank: int
     local_rank: int
     world_size: int

@@ -7,6 +7,7 @@ import torch
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LambdaLR: linear warm-up over ``warmup_steps``, then cosine to zero at ``total_steps``."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps

@@ -79,4 +79,6 @@ class MLflowTracker(NullTracker):
 
 
 def make_tracker(is_main: bool, run_dir: str, experiment: str, run_id: str | None = None) -> NullTracker:
+    """An :class:`MLflowTracker` on the main rank (store: ``MLFLOW_TRACKING_URI``, else
+    ``RUN_DIR/mlflow.db``; ``run_id`` continues that run), a :class:`NullTracker` elsewhere."""
     return MLflowTracker(run_dir, experiment, run_id) if is_main else NullTracker()
