@@ -4,10 +4,12 @@ Sharding. Every (rank, DataLoader worker) pair is one *global shard*:
 ``g = rank * workers + worker_id`` out of ``S = world_size * workers``. Petastorm shards
 by row group (``cur_shard``/``shard_count``) and raises NoDataAvailableError when a
 shard would get no row group, so we ask it for ``n = min(S, row_groups)`` shards and,
-where ``k`` global shards share one Petastorm shard, each keeps the rows whose
-``crc32(path) % k`` equals its own index. The shards are then disjoint and cover every
-row: eval reads each image exactly once across all ranks and workers, whatever the
-row-group layout, and train never starves a rank.
+where ``k`` global shards share one Petastorm shard, each keeps every k-th row of each
+row group it reads, from an offset fixed by the row group's first path (so the split
+does not depend on the order row groups arrive in). The shards are then disjoint, cover
+every row and differ in size by at most one row per row group: eval reads each image
+exactly once across all ranks and workers, whatever the row-group layout, and a train
+shard is empty only when its row groups hold fewer rows than the ``k`` sharing them.
 
 Train streams are infinite: the trainer takes a fixed number of batches per epoch, so
 every rank runs the same number of steps. Each pass over a shard is its own
@@ -59,11 +61,11 @@ class ShardPlan:
     row_groups: int   # row groups in this Petastorm shard
 
     def keep(self, paths) -> np.ndarray | None:
-        """Boolean mask of the rows this shard owns, or None when it owns them all."""
+        """Boolean mask of the rows of one row group that this shard owns, or None for all."""
         if self.share == 1:
             return None
-        return np.fromiter((zlib.crc32(p.encode()) % self.share == self.index for p in paths),
-                           dtype=bool, count=len(paths))
+        offset = zlib.crc32(str(paths[0]).encode()) if len(paths) else 0
+        return (np.arange(len(paths)) + offset) % self.share == self.index
 
 
 def shard_plan(global_shard: int, total_shards: int, row_groups: int) -> ShardPlan:

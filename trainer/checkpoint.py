@@ -49,6 +49,20 @@ def checkpoint_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _nearly_full(folder: str) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 def save_checkpoint(state: dict[str, Any], path: str) -> str:
     """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync folder).
 
@@ -64,6 +78,7 @@ def save_checkpoint(state: dict[str, Any], path: str) -> str:
         for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
             os.unlink(stale)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save({FORMAT: FORMAT_VERSION, **state}, f)
             f.flush()
@@ -77,6 +92,8 @@ def save_checkpoint(state: dict[str, Any], path: str) -> str:
             os.close(dir_fd)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        if isinstance(exc, RuntimeError) and _nearly_full(folder):  # its text hides the cause
+            reason = "No space left on device"
         raise UserError(f"cannot write checkpoint {path}: {reason} (disk full or not writable?); "
                         "the previous checkpoint is unchanged") from None
     finally:

@@ -51,8 +51,21 @@ def compute_init(timeout_s: float | None = None) -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s or float(os.environ.get("SPARKDP_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                                store=_attempt_store(rank, world_size, timeout), rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, local_rank, world_size, device)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The env:// rendezvous store, under a prefix unique to this torchrun restart.
+
+    After ``torchrun --max-restarts`` restarts the ranks, the store can still hold the
+    previous attempt's keys; gloo then reads a dead rank's address and fails to connect
+    ("Connection refused"). A per-attempt prefix keeps each attempt's keys apart.
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"sparkdp/attempt_{attempt}", store)
 
 
 def compute_cleanup() -> None:

@@ -1,19 +1,23 @@
 """Name the rank that hung or died when a collective fails.
 
 Gloo and NCCL report a lost peer as "Timed out waiting 600000ms for recv" or
-"Connection closed by peer": true, but silent about *which* rank stopped. Each rank
-publishes its step count in the rendezvous store (a key-value server that lives in the
-launcher, outside the ranks), so a rank whose collective failed can read the others'
-last steps and say who fell behind. The process group itself is unusable by then.
+"Connection reset by peer": true, but silent about *which* rank stopped. Each rank
+keeps a heartbeat counter (a background thread) and its step count in the rendezvous
+store, a key-value server that outlives the process group. A rank whose collective
+failed reads the counters twice a few seconds apart: ranks whose heartbeat stood
+still are hung or dead, and their last step says where they stopped.
 """
 from __future__ import annotations
 
 import re
+import threading
+import time
 from datetime import timedelta
 
 import torch.distributed as dist
 
-KEY = "sparkdp/step/{rank}"
+STEP_KEY = "sparkdp/step/{rank}"
+ALIVE_KEY = "sparkdp/alive/{rank}"
 PEER_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset|refused)|broken pipe|pair closure|"
                           r"peer|nccl|watchdog", re.IGNORECASE)
 
@@ -28,46 +32,65 @@ def _store():
 
 
 class StepBeacon:
-    """Publishes this rank's step; on failure, reports which ranks stopped short of it."""
+    """Publishes this rank's step and heartbeat; on failure, says which ranks stopped."""
 
-    def __init__(self, rank: int, world_size: int):
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, rank: int, world_size: int, interval_s: float = 1.0):
+        self.rank, self.world_size, self.interval_s = rank, world_size, interval_s
         self.store = _store() if world_size > 1 else None
         self.step = 0
+        self._stop = threading.Event()
+        if self.store is not None:
+            threading.Thread(target=self._beat, name="sparkdp-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        key = ALIVE_KEY.format(rank=self.rank)
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.store.add(key, 1)
+            except Exception:  # the store is gone: the job is ending
+                return
+
+    def close(self) -> None:
+        self._stop.set()
 
     def mark(self, step: int) -> None:
         self.step = step
         if self.store is not None:
-            self.store.set(KEY.format(rank=self.rank), str(step))
+            self.store.set(STEP_KEY.format(rank=self.rank), str(step))
 
-    def peer_steps(self) -> dict[int, int | None]:
-        """Last published step of every other rank (None: never reported, or unreachable)."""
-        steps: dict[int, int | None] = {}
+    def _read(self, key: str) -> int | None:
+        try:
+            return int(self.store.add(key, 0)) if key.startswith("sparkdp/alive") else (
+                int(self.store.get(key)) if self.store.check([key]) else None)
+        except Exception:
+            return None
+
+    def _peers(self) -> list[int]:
+        return [r for r in range(self.world_size) if r != self.rank]
+
+    def stopped_ranks(self) -> dict[int, int | None]:
+        """{rank: last step} for every other rank whose heartbeat stands still."""
         if self.store is None:
-            return steps
+            return {}
         try:
             self.store.set_timeout(timedelta(seconds=5))
         except Exception:
             pass
-        for r in range(self.world_size):
-            if r == self.rank:
-                continue
-            key = KEY.format(rank=r)
-            try:
-                steps[r] = int(self.store.get(key)) if self.store.check([key]) else None
-            except Exception:
-                steps[r] = None
-        return steps
+        before = {r: self._read(ALIVE_KEY.format(rank=r)) for r in self._peers()}
+        time.sleep(3 * self.interval_s)
+        after = {r: self._read(ALIVE_KEY.format(rank=r)) for r in self._peers()}
+        return {r: self._read(STEP_KEY.format(rank=r)) for r in self._peers()
+                if after[r] is None or after[r] == before[r]}
 
     def describe(self, exc: BaseException, timeout_s: float) -> str | None:
-        """One line naming the lagging ranks, or None if ``exc`` is not a lost-peer error."""
+        """One line naming the stopped ranks, or None if ``exc`` is not a lost-peer error."""
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if self.world_size < 2 or not PEER_FAILURE.search(first):
             return None
-        steps = self.peer_steps()
-        behind = [f"rank {r} (at step {s})" if s is not None else f"rank {r} (no step reported)"
-                  for r, s in sorted(steps.items()) if s is None or s < self.step]
-        who = ", ".join(behind) if behind else "another rank (every rank reported this step; it stopped later)"
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # drop gloo's source-file prefix
+        stopped = self.stopped_ranks()
+        who = ", ".join(f"rank {r} (last step {s})" if s is not None else f"rank {r} (before its first step)"
+                        for r, s in sorted(stopped.items())) or "another rank"
         return (f"rank {self.rank} gave up at step {self.step}: {who} stopped responding within "
-                f"--dist-timeout {timeout_s:g}s ({first[:160]}). Check that rank's log; "
+                f"--dist-timeout {timeout_s:g}s ({first}). Check that rank's log; "
                 "restart with --resume auto to continue from the last checkpoint")

@@ -354,6 +354,7 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     try:
         job = setup(cfg, dist)
         job.beacon = beacon
+        beacon.mark(job.progress.step)
         summary = fit(job)
         job.tracker.close("KILLED" if summary["steps"] < job.total_steps else "FINISHED")
         return summary if dist.is_main else None
@@ -365,6 +366,7 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
             raise PeerFailure(lost_peer) from exc
         raise
     finally:
+        beacon.close()
         compute_cleanup()
 
 

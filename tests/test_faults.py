@@ -1,0 +1,254 @@
+"""Faults and bad input: a rank killed or hung, a checkpoint write killed, a full disk,
+broken splits, and the sharding matrix. Real torchrun, Petastorm, Spark and MLflow.
+
+The slow half of the fault suite (the sharding matrix under real torchrun for every
+world size x workers x row-group count) is ``python tests/fault_suite.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data.errors import UserError
+from data.loader import inspect_split, make_loader
+from data.manifest import split_url
+from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
+from tests.parquet_sets import write_data_set
+from tests.test_train import ROOT, TIMEOUT_S, ok, summary_of
+from trainer import checkpoint as ck
+from trainer.train import main as train_main
+
+TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002",
+        "--seed", "5", "--no-progress", "--log-every", "5"]
+
+
+def torchrun(*args: str, nproc: int = 2, restarts: int = 0) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "--max-restarts", str(restarts), "-m", "trainer.train", *args]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"no exit after {timeout} s (a hang):\n{out[-2000:]}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def rank_processes(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The trainer processes torchrun started (its direct children), by rank order of start."""
+    return sorted((c for c in psutil.Process(proc.pid).children() if "trainer.train" in " ".join(c.cmdline())),
+                  key=lambda c: c.create_time())
+
+
+def wait_for(path: str, proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"{path} never appeared:\n{out[-2000:]}\n{err[-4000:]}")
+        time.sleep(0.2)
+
+
+def test_killed_rank_restarts_from_last_checkpoint_and_ends_like_an_uninterrupted_run(seven_groups, tmp_path):
+    data = seven_groups[0]
+    args = [*TINY, "--data", data, "--epochs", "3", "--ckpt-every", "3", "--workers", "1"]
+    plain = str(tmp_path / "plain")
+    ok(finish(torchrun(*args, "--out", plain)))
+    faulty = str(tmp_path / "faulty")
+    proc = torchrun(*args, "--out", faulty, "--resume", "auto", restarts=2)
+    wait_for(os.path.join(faulty, "checkpoints", "last.pt"), proc)
+    rank_processes(proc)[-1].send_signal(signal.SIGKILL)
+    result = ok(finish(proc))
+    assert "resuming from" in result.stdout
+    expected, got = summary_of(plain), summary_of(faulty)
+    assert got["steps"] == expected["steps"] == 3 * (84 // 8)
+    assert got["rank_steps"] == [got["steps"]] * 2
+    assert got["val_count"] == expected["val_count"] == 24
+    assert got["val_top1"] == expected["val_top1"]
+    assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=got["mlflow_tracking_uri"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in runs] == [got["mlflow_run_id"]]
+    assert runs[0].info.status == "FINISHED"
+
+
+def test_a_hung_rank_is_named_and_the_job_ends(seven_groups, tmp_path):
+    out = str(tmp_path / "run")
+    proc = torchrun(*TINY, "--data", seven_groups[0], "--out", out, "--epochs", "50", "--ckpt-every", "2",
+                    "--workers", "0", "--dist-timeout", "5")
+    wait_for(os.path.join(out, "checkpoints", "last.pt"), proc)
+    hung = rank_processes(proc)[-1]
+    hung.send_signal(signal.SIGSTOP)
+    try:
+        result = finish(proc, timeout=120)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            hung.kill()
+    assert result.returncode != 0
+    assert "[rank 0] error: rank 0 gave up at step" in result.stderr
+    assert "rank 1 (last step" in result.stderr and "stopped responding within --dist-timeout 5s" in result.stderr
+
+
+SLOW_PICKLE = """
+import sys, time, torch
+from trainer.checkpoint import save_checkpoint
+class Slow:  # pickling blocks: the process is killed with a partial temp file on disk
+    def __reduce__(self):
+        print("writing", flush=True); time.sleep(600); return (int, (0,))
+save_checkpoint({"model": {"w": torch.zeros(4)}, "later": Slow()}, sys.argv[1])
+"""
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path):
+    last = str(tmp_path / "run" / "checkpoints" / ck.LAST)
+    ck.save_checkpoint({ck.MODEL: {"w": torch.ones(4)}, ck.STEP: 7}, last)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PICKLE, last], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    partial = glob.glob(os.path.join(os.path.dirname(last), ".last.pt.*.tmp"))
+    assert len(partial) == 1
+    proc.kill()
+    proc.wait()
+    assert ck.find_resume(str(tmp_path / "run"), "auto") == last
+    state = ck.load_checkpoint(last)
+    assert state[ck.STEP] == 7 and torch.equal(state[ck.MODEL]["w"], torch.ones(4))
+    ck.save_checkpoint({ck.MODEL: {"w": torch.zeros(4)}, ck.STEP: 8}, last)  # the next write cleans up
+    assert not glob.glob(os.path.join(os.path.dirname(last), ".*.tmp"))
+    assert ck.load_checkpoint(last)[ck.STEP] == 8
+
+
+@contextlib.contextmanager
+def tiny_disk(path: str, size: str):
+    """A tmpfs of ``size`` at ``path`` (root only: skipped elsewhere)."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        for _ in range(50):  # Spark's JVM may hold a file for a moment
+            if subprocess.run(["umount", path], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+
+
+def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
+    with tiny_disk(str(tmp_path / "disk"), "1m") as disk:
+        last = os.path.join(disk, "checkpoints", ck.LAST)
+        ck.save_checkpoint({ck.MODEL: {"w": torch.ones(10)}, ck.STEP: 1}, last)
+        with pytest.raises(UserError, match="cannot write checkpoint .*No space left on device.*unchanged"):
+            ck.save_checkpoint({ck.MODEL: {"w": torch.zeros(1_000_000)}, ck.STEP: 2}, last)
+        assert ck.load_checkpoint(last)[ck.STEP] == 1
+        assert os.listdir(os.path.dirname(last)) == [ck.LAST]
+
+
+def test_full_disk_while_converting_publishes_nothing(spark, seven_groups, tmp_path):
+    from data.convert import convert
+
+    images = os.path.join(os.path.dirname(seven_groups[0]), "images")  # tests/converted.py's source folder
+    with tiny_disk(str(tmp_path / "disk"), "150k") as disk:
+        with pytest.raises(UserError, match="writing .* failed: No space left on device; nothing was published"):
+            convert(images, os.path.join(disk, "out"), spark=spark, progress=False)
+        assert os.listdir(disk) == []
+
+
+def test_unwritable_out_is_one_line(seven_groups, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write to --out"):
+        train_main(["--data", seven_groups[0], "--out", str(blocker / "run"), *TINY])
+    from data.convert import convert
+
+    with pytest.raises(UserError, match="is not a folder"):
+        convert(os.path.join(os.path.dirname(seven_groups[0]), "images"), str(blocker / "data"), progress=False)
+
+
+def _rewrite_train(data: str, change) -> None:
+    for path in glob.glob(os.path.join(data, "train", "*.parquet")):
+        pq.write_table(change(pq.read_table(path)), path)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("garbage", "cannot read Parquet split"),
+    ("no_label", r"has no column\(s\) label"),
+    ("label_out_of_range", "but the manifest has 3 classes"),
+])
+def test_a_broken_split_stops_before_training(one_group, tmp_path, damage, message):
+    data = str(tmp_path / "data")
+    shutil.copytree(one_group[0], data)
+    if damage == "garbage":
+        path = sorted(glob.glob(os.path.join(data, "train", "*.parquet")))[0]
+        with open(path, "r+b") as f:
+            f.seek(0)
+            f.write(b"\0" * 64)  # header magic gone
+            f.seek(-64, os.SEEK_END)
+            f.write(b"\0" * 64)  # footer gone
+    elif damage == "no_label":
+        _rewrite_train(data, lambda t: t.drop(["label"]))
+    else:
+        import pyarrow.compute as pc
+
+        _rewrite_train(data, lambda t: t.set_column(t.schema.get_field_index("label"), "label",
+                                                    pc.add(t.column("label"), 3)))
+    out = str(tmp_path / "run")
+    with pytest.raises(UserError, match=message):
+        train_main(["--data", data, "--out", out, *TINY])
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+
+
+def test_split_fractions_and_foreign_checkpoint_are_user_errors(seven_groups, one_group, tmp_path):
+    from data.convert import convert
+
+    with pytest.raises(UserError, match="sum"):
+        convert(os.path.join(os.path.dirname(seven_groups[0]), "images"), str(tmp_path / "x"), split="0.5,0.2,0.2")
+    foreign = str(tmp_path / "foreign" / "checkpoints" / ck.LAST)
+    ck.save_checkpoint({ck.MODEL: {}, ck.MODEL_NAME: "resnet18", ck.CLASSES: one_group[1].classes,
+                        ck.DATA_FINGERPRINT: one_group[1].fingerprint}, foreign)
+    with pytest.raises(UserError, match="made for another data set"):
+        train_main(["--data", seven_groups[0], "--out", str(tmp_path / "run"), *TINY, "--resume", foreign])
+
+
+@pytest.mark.parametrize("row_groups", [1, 2, 3, 5, 8])
+def test_sharding_matrix_every_rank_gets_full_batches(tmp_path, row_groups):
+    """World sizes 1-4 x loader workers 0-2: every rank's train stream yields its
+    steps_per_epoch full batches (no NoDataAvailableError, no hang) on 1-8 row groups."""
+    data = str(tmp_path / "data")
+    manifest = write_data_set(data, row_groups)
+    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
+    assert layout.row_groups == row_groups
+    batch = 4
+    for world_size in range(1, 5):
+        steps = layout.rows // (batch * world_size)
+        for workers in (0, 1, 2) if row_groups in (1, 8) else (0,):
+            for rank in range(world_size):
+                with make_loader(layout, workers=workers, rank=rank, world_size=world_size, batch_size=batch,
+                                 image_size=16, train=True, seed=1) as batches:
+                    sizes = [len(labels) for _, labels in (next(batches) for _ in range(steps))]
+                assert sizes == [batch] * steps, (world_size, workers, rank)
+
+
+def test_three_ranks_with_two_workers_on_one_row_group_take_equal_steps(one_group, tmp_path):
+    out = str(tmp_path / "run")
+    ok(finish(torchrun(*TINY, "--data", one_group[0], "--out", out, "--epochs", "1", "--steps-per-epoch", "3",
+                       "--workers", "2", nproc=3)))
+    assert summary_of(out)["rank_steps"] == [3, 3, 3]
