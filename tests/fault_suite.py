@@ -3,7 +3,7 @@
     .venv/bin/python tests/fault_suite.py [--quick] [--timeout 180]
 
 For world sizes 1-4 x loader workers 0-2 x train splits of 1-8 Parquet row groups, it
-trains 2 steps per epoch for 2 epochs with ``torchrun --nproc-per-node W`` (gloo, CPU)
+trains 2 steps per epoch for 2 epochs with ``torchrun --nproc-per-node W`` (gloo, CPU; W=1 a plain process)
 and checks every rank ran the same number of steps (summary.json ``rank_steps``) and
 validation counted every val image once. A run that does not end within ``--timeout``
 seconds is a hang and fails. ``--quick`` runs row-group counts 1, 2 and 8 only.
@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,26 +23,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.parquet_sets import write_data_set  # noqa: E402
+from tests.procs import finish, start  # noqa: E402
 
 TRAIN = ["--model", "resnet18", "--image-size", "16", "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "2",
          "--no-progress", "--dist-timeout", "60", "--optimizer", "adamw", "--lr", "0.001"]
 
 
 def run_one(data: str, out: str, world: int, workers: int, timeout: float) -> tuple[bool, str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
-           "-m", "trainer.train", "--data", data, "--out", out, "--workers", str(workers), *TRAIN]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+    proc = start("trainer.train", "--data", data, "--out", out, "--workers", str(workers), *TRAIN, nproc=world)
+    result = finish(proc, timeout)
+    if result is None:
         return False, f"hang: no exit after {timeout:.0f} s"
-    if proc.returncode != 0:
-        return False, f"exit {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"[:200]
+    err = result.stderr
+    if result.returncode != 0:
+        return False, f"exit {result.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"[:200]
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     if summary["rank_steps"] != [4] * world:

@@ -25,7 +25,9 @@ from data.loader import inspect_split, make_loader
 from data.manifest import split_url
 from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
 from tests.parquet_sets import write_data_set
-from tests.test_train import ROOT, TIMEOUT_S, ok, summary_of
+from tests import procs
+from tests.procs import ROOT, start
+from tests.test_train import TIMEOUT_S, ok, summary_of
 from trainer import checkpoint as ck
 from trainer.train import main as train_main
 
@@ -34,22 +36,14 @@ TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--opt
 
 
 def torchrun(*args: str, nproc: int = 2, restarts: int = 0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "--max-restarts", str(restarts), "-m", "trainer.train", *args]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return start("trainer.train", *args, nproc=nproc, restarts=restarts)
 
 
 def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"no exit after {timeout} s (a hang):\n{out[-2000:]}\n{err[-4000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    result = procs.finish(proc, timeout)
+    if result is None:
+        pytest.fail(f"no exit after {timeout} s (a hang): {' '.join(proc.args)}")
+    return result
 
 
 def rank_processes(proc: subprocess.Popen) -> list[psutil.Process]:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -22,11 +21,11 @@ from data.errors import UserError
 from data.manifest import Manifest
 from data.synthetic import make_image
 from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
+from tests.procs import ROOT, finish, start
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig
 from trainer.model import model_from_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
 TRAIN = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.002",
          "--workers", "2", "--seed", "1", "--log-every", "1", "--no-progress", "--dist-timeout", "60"]
@@ -38,20 +37,11 @@ TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 
 def run(module: str, *args: str, nproc: int = 1, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
     """``python -m module`` (nproc 1) or ``torchrun --nproc-per-node nproc -m module``; kills it on timeout."""
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    cmd = [*launcher, "-m", module, *args]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"no result after {timeout} s (a hang?): {' '.join(cmd)}\n{out[-3000:]}\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    proc = start(module, *args, nproc=nproc)
+    result = finish(proc, timeout)
+    if result is None:
+        pytest.fail(f"no result after {timeout} s (a hang?): {' '.join(proc.args)}")
+    return result
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
