@@ -89,18 +89,18 @@ def test_killed_rank_restarts_from_last_checkpoint_and_ends_like_an_uninterrupte
 def test_a_hung_rank_is_named_and_the_job_ends(seven_groups, tmp_path):
     out = str(tmp_path / "run")
     proc = torchrun(*TINY, "--data", seven_groups[0], "--out", out, "--epochs", "50", "--ckpt-every", "2",
-                    "--workers", "0", "--dist-timeout", "5")
+                    "--workers", "0", "--dist-timeout", "30")
     wait_for(os.path.join(out, "checkpoints", "last.pt"), proc)
     hung = rank_processes(proc)[-1]
     hung.send_signal(signal.SIGSTOP)
     try:
-        result = finish(proc, timeout=120)
+        result = finish(proc, timeout=180)
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             hung.kill()
     assert result.returncode != 0
     assert "[rank 0] error: rank 0 gave up at step" in result.stderr
-    assert "rank 1 (last step" in result.stderr and "stopped responding within --dist-timeout 5s" in result.stderr
+    assert "rank 1 (last step" in result.stderr and "stopped responding within --dist-timeout 30s" in result.stderr
 
 
 SLOW_PICKLE = """
@@ -140,10 +140,12 @@ def tiny_disk(path: str, size: str):
     try:
         yield path
     finally:
-        for _ in range(50):  # Spark's JVM may hold a file for a moment
+        for _ in range(25):  # Spark's JVM may hold a file for a moment
             if subprocess.run(["umount", path], capture_output=True).returncode == 0:
                 break
             time.sleep(0.2)
+        else:  # still held (the shared Spark session keeps a handle): detach it anyway
+            subprocess.run(["umount", "-l", path], capture_output=True)
 
 
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
