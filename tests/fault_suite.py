@@ -36,7 +36,9 @@ def run_one(data: str, out: str, world: int, workers: int, timeout: float) -> tu
         return False, f"hang: no exit after {timeout:.0f} s"
     err = result.stderr
     if result.returncode != 0:
-        return False, f"exit {result.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"[:200]
+        # The ranks' own one-line errors say what happened; torchrun's report after them does not.
+        said = [line for line in err.splitlines() if "error:" in line and "error_file" not in line]
+        return False, f"exit {result.returncode}: " + (" | ".join(said) or err.strip()[-300:])
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     if summary["rank_steps"] != [4] * world:
