@@ -2,9 +2,9 @@
 
 Gloo and NCCL report a lost peer as "Timed out waiting 600000ms for recv" or
 "Connection reset by peer": true, but silent about *which* rank stopped. Each rank
-keeps a heartbeat counter (a background thread) and its step count in the rendezvous
-store, a key-value server that outlives the process group. A rank whose collective
-failed reads the counters twice a few seconds apart: ranks whose heartbeat stood
+keeps a heartbeat counter and its step count in the rendezvous store, a key-value
+server that outlives the process group; a background thread publishes both each
+second, so the training loop does no store I/O. A rank whose collective failed reads the counters twice a few seconds apart: ranks whose heartbeat stood
 still are hung or dead, and their last step says where they stopped.
 """
 from __future__ import annotations
@@ -43,10 +43,11 @@ class StepBeacon:
             threading.Thread(target=self._beat, name="sparkdp-heartbeat", daemon=True).start()
 
     def _beat(self) -> None:
-        key = ALIVE_KEY.format(rank=self.rank)
+        """Every interval: publish the step and bump the heartbeat (off the training loop's path)."""
         while not self._stop.wait(self.interval_s):
             try:
-                self.store.add(key, 1)
+                self.store.set(STEP_KEY.format(rank=self.rank), str(self.step))
+                self.store.add(ALIVE_KEY.format(rank=self.rank), 1)
             except Exception:  # the store is gone: the job is ending
                 return
 
@@ -54,14 +55,19 @@ class StepBeacon:
         self._stop.set()
 
     def mark(self, step: int) -> None:
+        """Record this rank's step; the heartbeat thread publishes it."""
         self.step = step
-        if self.store is not None:
-            self.store.set(STEP_KEY.format(rank=self.rank), str(step))
 
-    def _read(self, key: str) -> int | None:
+    def _heartbeat(self, rank: int) -> int | None:
         try:
-            return int(self.store.add(key, 0)) if key.startswith("sparkdp/alive") else (
-                int(self.store.get(key)) if self.store.check([key]) else None)
+            return int(self.store.add(ALIVE_KEY.format(rank=rank), 0))
+        except Exception:
+            return None
+
+    def _step(self, rank: int) -> int | None:
+        key = STEP_KEY.format(rank=rank)
+        try:
+            return int(self.store.get(key)) if self.store.check([key]) else None
         except Exception:
             return None
 
@@ -76,10 +82,10 @@ class StepBeacon:
             self.store.set_timeout(timedelta(seconds=5))
         except Exception:
             pass
-        before = {r: self._read(ALIVE_KEY.format(rank=r)) for r in self._peers()}
+        before = {r: self._heartbeat(r) for r in self._peers()}
         time.sleep(3 * self.interval_s)
-        after = {r: self._read(ALIVE_KEY.format(rank=r)) for r in self._peers()}
-        return {r: self._read(STEP_KEY.format(rank=r)) for r in self._peers()
+        after = {r: self._heartbeat(r) for r in self._peers()}
+        return {r: self._step(r) for r in self._peers()
                 if after[r] is None or after[r] == before[r]}
 
     def describe(self, exc: BaseException, timeout_s: float) -> str | None:
