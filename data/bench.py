@@ -4,7 +4,7 @@
 [--batch-size 32] [--seconds S] [--image-size 224] [--train-step [--model NAME]]``
 
 Converts DIR with :mod:`data.convert` when no Parquet is given (and a ``--max-side 256``
-copy for ``project_resized``), then measures side by side, in interleaved rounds, with
+copy for ``project_resized``; Spark starts only for these and ``seed_petastorm``), then measures side by side, in interleaved rounds, with
 the same augmentation, batch size and worker count: ``raw_files``, ``seed_petastorm``,
 ``project``, ``project_resized``, ``decode_ceiling`` (cores x one core's
 decode+transform rate) and, on CUDA, ``project_gpu_decode`` (paths:
@@ -100,8 +100,9 @@ def run(a: argparse.Namespace, spark=None) -> dict:
         raise UserError(f"--images {a.images} is not a folder")
     wanted = [p for p in a.paths if p != "project_gpu_decode" or torch.cuda.is_available()]
     s = bp.Settings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size)
-    with _spark(spark) as session, _workdir(a.work) as work:
-        _warm_up(session, a.images)
+    with _spark(spark, _needs_spark(a, wanted)) as session, _workdir(a.work) as work:
+        if session is not None:
+            _warm_up(session, a.images)
         data, resized, conversion = _data_sets(a, session, work, wanted)
         converter = None
         if "seed_petastorm" in wanted:
@@ -158,9 +159,17 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
     return result
 
 
+def _needs_spark(a: argparse.Namespace, wanted: list[str]) -> bool:
+    """Spark converts what was not given and runs ``seed_petastorm``; with ``--data`` and
+    ``--data-resized`` the other paths run where there is no Spark (a GPU node, say)."""
+    unconverted = (not a.data and any(p in wanted for p in ("project", "project_gpu_decode"))
+                   or not a.data_resized and "project_resized" in wanted)
+    return unconverted or "seed_petastorm" in wanted
+
+
 @contextlib.contextmanager
-def _spark(spark) -> Iterator[Any]:
-    if spark is not None:
+def _spark(spark, needed: bool) -> Iterator[Any]:
+    if spark is not None or not needed:
         yield spark
         return
     from data.spark import get_spark

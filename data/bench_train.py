@@ -42,8 +42,9 @@ class StepRunner:
 
         self.device, self.size, self.cuda = device, size, device.type == "cuda"
         self.model = build_model(model_name, num_classes).to(device)
-        if self.cuda:
+        if self.cuda:  # as the trainer does
             self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.criterion = nn.CrossEntropyLoss()
 
@@ -56,9 +57,13 @@ class StepRunner:
         loss.backward()
         self.optimizer.step()
 
-    def run(self, next_batch: Callable[[], tuple], seconds: float, warmup_steps: int) -> dict:
-        """Step for ``seconds`` after ``warmup_steps``: images/s and the data-wait fraction."""
+    def run(self, next_batch: Callable[[], tuple], seconds: float, warmup_steps: int, warmup_s: float) -> dict:
+        """Step for ``seconds`` after ``warmup_steps`` and at least ``warmup_s`` seconds (loader
+        workers starting up are not what is measured): images/s and the data-wait fraction."""
+        started = time.perf_counter()
         for _ in range(warmup_steps):
+            self.step(*next_batch())
+        while time.perf_counter() - started < warmup_s:
             self.step(*next_batch())
         _sync(self.device)
         images, waited, steps, t0 = 0, 0.0, 0, time.perf_counter()
@@ -79,11 +84,12 @@ def train_step_rates(openers: dict[str, Opener], *, model: str, num_classes: int
     runner = StepRunner(model, num_classes, size, device)
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     fixed = (normalize(x, device, channels_last=runner.cuda), torch.randint(0, num_classes, (batch_size,)))
-    synthetic = runner.run(lambda: fixed, seconds, warmup_steps)
+    warmup_s = min(3.0, seconds / 4)
+    synthetic = runner.run(lambda: fixed, seconds, warmup_steps, warmup_s)
     out = {"synthetic": synthetic}
     for name, open_path in openers.items():
         with open_path() as batches:
-            out[name] = runner.run(lambda: next(batches), seconds, warmup_steps)
+            out[name] = runner.run(lambda: next(batches), seconds, warmup_steps, warmup_s)
     for r in out.values():
         r["ratio_to_synthetic"] = round(r["images_per_s"] / synthetic["images_per_s"], 3)
         r["images_per_s"], r["data_wait_fraction"] = round(r["images_per_s"], 1), round(r["data_wait_fraction"], 4)

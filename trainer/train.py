@@ -237,6 +237,7 @@ def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
     cuda = dist.device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shape: let cuDNN pick the fastest kernels
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)
