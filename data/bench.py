@@ -99,7 +99,8 @@ def run(a: argparse.Namespace, spark=None) -> dict:
     if not os.path.isdir(a.images):
         raise UserError(f"--images {a.images} is not a folder")
     wanted = [p for p in a.paths if p != "project_gpu_decode" or torch.cuda.is_available()]
-    s = bp.Settings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size)
+    s = bp.Settings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size,
+                    pin_memory=torch.cuda.is_available())
     with _spark(spark, _needs_spark(a, wanted)) as session, _workdir(a.work) as work:
         if session is not None:
             _warm_up(session, a.images)
@@ -129,7 +130,7 @@ def _openers(a: argparse.Namespace, s: bp.Settings, wanted: list[str], data: str
              "seed_petastorm": lambda: partial(bp.open_seed_petastorm, converter, s),
              "project": lambda: partial(bp.open_project, data, s),
              "project_resized": lambda: partial(bp.open_project, resized, s),
-             "project_gpu_decode": lambda: partial(bp.open_project, data, s, "gpu", torch.device("cuda", 0))}
+             "project_gpu_decode": lambda: partial(bp.open_gpu_decoded, data, s, torch.device("cuda", 0))}
     return {name: make() for name, make in every.items() if name in wanted}
 
 
@@ -153,6 +154,8 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
         _log(f"training steps ({a.model}) fed by each path ...")
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         classes = len(bp.class_names(a.images))
+        if "project_gpu_decode" in openers:  # decoded inside the training step, as the trainer does
+            openers = {**openers, "project_gpu_decode": partial(bp.open_project, data, s, "gpu")}
         result["train_step"] = train_step_rates(openers, model=a.model, num_classes=classes,
                                                 batch_size=s.batch_size, size=s.image_size, device=device,
                                                 seconds=a.seconds)

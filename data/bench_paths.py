@@ -34,11 +34,13 @@ Batch = tuple[Any, torch.Tensor]
 
 @dataclass(frozen=True)
 class Settings:
-    """What every path shares: loader processes, batch size, output size, seed."""
+    """What every path shares: loader processes, batch size, output size, seed, and pinned
+    batches (on CUDA machines, as the trainer does: pageable copies stall the GPU)."""
     workers: int
     batch_size: int
     image_size: int
     seed: int = 0
+    pin_memory: bool = False
 
 
 def reference_transform(size: int):
@@ -61,7 +63,8 @@ def open_raw_files(images: str, s: Settings) -> Iterator[Iterator[Batch]]:
 
     torch.manual_seed(s.seed)
     loader = DataLoader(ImageFolder(images, transform=reference_transform(s.image_size)), batch_size=s.batch_size,
-                        shuffle=True, drop_last=True, num_workers=s.workers, persistent_workers=s.workers > 0)
+                        shuffle=True, drop_last=True, num_workers=s.workers, persistent_workers=s.workers > 0,
+                        pin_memory=s.pin_memory)
     try:
         yield _endless(loader)
     finally:
@@ -114,21 +117,24 @@ def open_seed_petastorm(converter, s: Settings) -> Iterator[Iterator[Batch]]:
 
 
 @contextlib.contextmanager
-def open_project(data: str, s: Settings, decode: str = "cpu",
-                 device: torch.device | None = None) -> Iterator[Iterator[Batch]]:
-    """The trainer's loader on the train split; ``decode="gpu"`` decodes on ``device``."""
-    from data.gpu_decode import decode_on_device
+def open_project(data: str, s: Settings, decode: str = "cpu") -> Iterator[Iterator[Batch]]:
+    """The trainer's loader on the train split: uint8 batches, or ``JpegBatch`` with ``decode="gpu"``."""
     from data.manifest import Manifest, split_url
 
     manifest = Manifest.load(data)
     layout = inspect_split(split_url(data, "train"), manifest.num_classes)
-    with make_loader(layout, workers=s.workers, pin_memory=decode == "gpu", rank=0, world_size=1,
+    with make_loader(layout, workers=s.workers, pin_memory=s.pin_memory or decode == "gpu", rank=0, world_size=1,
                      batch_size=s.batch_size, image_size=s.image_size, train=True, seed=s.seed,
                      decode=decode) as batches:
-        if decode == "cpu":
-            yield batches
-            return
+        yield batches
 
+
+@contextlib.contextmanager
+def open_gpu_decoded(data: str, s: Settings, device: torch.device) -> Iterator[Iterator[Batch]]:
+    """:func:`open_project` with ``decode="gpu"``, each batch decoded on ``device`` before it counts."""
+    from data.gpu_decode import decode_on_device
+
+    with open_project(data, s, "gpu") as batches:
         def on_device() -> Iterator[Batch]:
             for jpegs, labels in batches:
                 images = decode_on_device(jpegs, s.image_size, device)

@@ -30,6 +30,7 @@ the same crop boxes and flips, drawn in the workers): decode it with
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import warnings
 import zlib
@@ -236,8 +237,14 @@ def make_loader(layout: SplitLayout, *, workers: int = 2, pin_memory: bool = Fal
 def normalize(images: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
               channels_last: bool = True) -> torch.Tensor:
     """uint8 ``[B,3,H,W]`` -> normalised float on ``device`` (channels_last memory by default)."""
-    x = images.to(device, non_blocking=True).to(dtype)
-    mean = torch.tensor(MEAN, device=device, dtype=dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device, dtype=dtype).view(1, 3, 1, 1) * 255
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return ((x - mean) / std).contiguous(memory_format=fmt)
+    mean, std = _mean_std(torch.device(device), dtype)
+    x = images.to(device, non_blocking=True).to(dtype).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEAN and STD (x 255) on ``device``, made once: made per batch, each is a copy from
+    pageable memory, which waits for all queued GPU work: the CPU could not run ahead of
+    the GPU, and every CUDA training step stalled."""
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1) * 255 for v in (MEAN, STD))

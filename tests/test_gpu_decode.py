@@ -27,7 +27,10 @@ from tests.parquet_sets import write_data_set
 SIZE = 32  # crops of the 40x30 test images are < 2 x SIZE: the CPU path decodes at full size
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (device, max |difference|, mean |difference|) against the CPU path's uint8 batch
-DEVICES = [("cpu", 1, 0.5), pytest.param("cuda", 12, 1.5, marks=CUDA)]  # nvJPEG: other IDCT/upsampling
+# nvJPEG decodes differently from libjpeg-turbo (chroma upsampling, IDCT): on the noisy
+# 40x30 test images, measured on an H200, up to 42 levels at single pixels and 2.8 to 4.3
+# on average. A wrong crop, flip or order differs by tens on average.
+DEVICES = [("cpu", 1, 0.5), pytest.param("cuda", 64, 6.0, marks=CUDA)]
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,19 @@ def test_draft_mode_decode_of_a_large_crop_agrees_with_a_full_decode():
                        box, False, size)
     assert drafted.shape == full.shape == (3, size, size)
     assert (drafted.float() - full.float()).abs().mean() < 6.0
+
+
+@CUDA
+def test_nvjpeg_and_libjpeg_turbo_decode_alike():
+    """The bound above is the decoders' own difference: whole images, no crop or resize."""
+    rng = np.random.default_rng(3)
+    files = []
+    for k in range(8):
+        buf = io.BytesIO()
+        make_image(k % 3, 3, 40, 30, rng).save(buf, format="JPEG", quality=85)
+        files.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    on_gpu = decode_jpeg(files, mode=ImageReadMode.RGB, device="cuda")
+    for data, gpu in zip(files, on_gpu):
+        diff = (gpu.cpu().float() - decode_jpeg(data, mode=ImageReadMode.RGB).float()).abs()
+        print(f"nvJPEG vs libjpeg-turbo, whole 40x30 image: max |diff| {diff.max():.0f}, mean {diff.mean():.3f}")
+        assert diff.max() <= 64 and diff.mean() < 6.0
