@@ -65,3 +65,26 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
         bench.main(["--images", str(tmp_path / "missing"), "--out-json", str(tmp_path / "x.json")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_given_parquet_sets_need_no_spark(tmp_path, monkeypatch):
+    """A GPU node may have no Spark: with --data and --data-resized the project paths run without it."""
+    from data import spark as spark_module
+    from tests.parquet_sets import write_data_set
+
+    def no_spark(*args, **kwargs):
+        raise AssertionError("data.bench started Spark although nothing needed converting")
+
+    monkeypatch.setattr(spark_module, "get_spark", no_spark)
+    for name in ("data", "data_256"):
+        write_data_set(str(tmp_path / name), row_groups=2)
+    args = bench.parse_args(["--images", str(tmp_path), "--data", str(tmp_path / "data"), "--data-resized",
+                             str(tmp_path / "data_256"), "--paths", "project,project_resized", "--out-json",
+                             str(tmp_path / "out.json"), "--seconds", "0.2", "--rounds", "1", "--batch-size", "4",
+                             "--image-size", "16", "--workers", "1"])
+    res = bench.run(args)
+    assert set(res["paths"]) == {"project", "project_resized"} and res["conversion"] == {}
+    assert all(p["images_per_s"] > 0 for p in res["paths"].values())
+    with pytest.raises(AssertionError, match="started Spark"):  # and it does start Spark when it must convert
+        bench.run(bench.parse_args(["--images", str(tmp_path), "--paths", "project", "--out-json",
+                                    str(tmp_path / "out2.json")]))

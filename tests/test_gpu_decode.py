@@ -27,9 +27,10 @@ from tests.parquet_sets import write_data_set
 SIZE = 32  # crops of the 40x30 test images are < 2 x SIZE: the CPU path decodes at full size
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (device, max |difference|, mean |difference|) against the CPU path's uint8 batch
-# nvJPEG decodes differently from libjpeg-turbo (chroma upsampling, IDCT): on the noisy
-# 40x30 test images, measured on an H200, up to 42 levels at single pixels and 2.8 to 4.3
-# on average. A wrong crop, flip or order differs by tens on average.
+# nvJPEG decodes differently from libjpeg-turbo (chroma upsampling, IDCT). Measured on an
+# H200 (torchvision 0.26) with the noisy 40x30 test images: whole images differ by up to
+# 32 levels at single pixels and 4.1 to 7.8 on average; resized crops by up to 53 and 3.1
+# to 4.3. A wrong crop, flip or order differs by tens on average.
 DEVICES = [("cpu", 1, 0.5), pytest.param("cuda", 64, 6.0, marks=CUDA)]
 
 
@@ -101,4 +102,4 @@ def test_nvjpeg_and_libjpeg_turbo_decode_alike():
     for data, gpu in zip(files, on_gpu):
         diff = (gpu.cpu().float() - decode_jpeg(data, mode=ImageReadMode.RGB).float()).abs()
         print(f"nvJPEG vs libjpeg-turbo, whole 40x30 image: max |diff| {diff.max():.0f}, mean {diff.mean():.3f}")
-        assert diff.max() <= 64 and diff.mean() < 6.0
+        assert diff.max() <= 64 and diff.mean() < 10.0
