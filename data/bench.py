@@ -4,10 +4,10 @@
 [--batch-size 32] [--seconds S] [--image-size 224] [--train-step [--model NAME]]``
 
 Converts DIR with :mod:`data.convert` when no Parquet is given (and a ``--max-side 256``
-copy for ``project_resized``; Spark starts only for these and ``seed_petastorm``), then measures side by side, in interleaved rounds, with
-the same augmentation, batch size and worker count: ``raw_files``, ``seed_petastorm``,
-``project``, ``project_resized``, ``decode_ceiling`` (cores x one core's
-decode+transform rate) and, on CUDA, ``project_gpu_decode`` (paths:
+copy for ``project_resized``; Spark starts only for these and ``seed_petastorm``), then
+measures side by side, in interleaved rounds, with the same augmentation, batch size
+and worker count: ``raw_files``, ``seed_petastorm``, ``project``, ``project_resized``,
+``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA, ``project_gpu_decode`` (paths:
 :mod:`data.bench_paths`). Writes JSON (images/s, per core, ratio to ``raw_files``, the
 issue's goals, conversion speed of ``data.convert`` vs ``make_spark_converter``) and a
 bar chart PNG next to it, and prints a table.
@@ -29,7 +29,7 @@ import torch
 
 from data import bench_measure as bm
 from data import bench_paths as bp
-from data.bench_report import goal_checks, path_table, write_outputs
+from data.bench_report import goal_checks, mark_train_goal, path_table, write_outputs
 from data.errors import UserError, cli
 from data.manifest import Manifest
 
@@ -61,15 +61,23 @@ def _manifest_speed(data: str) -> dict:
                              "from_manifest": True}}
 
 
+def _to_convert(a: argparse.Namespace, wanted: list[str]) -> tuple[bool, bool]:
+    """Whether the Parquet data set and its resized copy must be converted here: wanted
+    by a path and not given."""
+    return (not a.data and any(p in wanted for p in ("project", "project_gpu_decode")),
+            not a.data_resized and "project_resized" in wanted)
+
+
 def _data_sets(a: argparse.Namespace, spark, work: str, wanted: list[str]) -> tuple[str | None, str | None, dict]:
     """The Parquet data set and its resized copy (converted here unless given or not needed)."""
     conversion, data, resized = {}, a.data, a.data_resized
+    convert_data, convert_resized = _to_convert(a, wanted)
     if data:
         conversion.update(_manifest_speed(data))
-    elif any(p in wanted for p in ("project", "project_gpu_decode")):
+    elif convert_data:
         _log(f"converting {a.images} with data.convert ...")
         data, conversion["data.convert"] = _timed_convert(a.images, os.path.join(work, "data"), spark, None)
-    if not resized and "project_resized" in wanted:
+    if convert_resized:
         _log(f"converting {a.images} with data.convert --max-side {RESIZED_SIDE} ...")
         resized, conversion[f"data.convert --max-side {RESIZED_SIDE}"] = _timed_convert(
             a.images, os.path.join(work, f"data_{RESIZED_SIDE}"), spark, RESIZED_SIDE)
@@ -156,18 +164,16 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
         classes = len(bp.class_names(a.images))
         if "project_gpu_decode" in openers:  # decoded inside the training step, as the trainer does
             openers = {**openers, "project_gpu_decode": partial(bp.open_project, data, s, "gpu")}
-        result["train_step"] = train_step_rates(openers, model=a.model, num_classes=classes,
-                                                batch_size=s.batch_size, size=s.image_size, device=device,
-                                                seconds=a.seconds)
+        result["train_step"] = mark_train_goal(train_step_rates(
+            openers, model=a.model, num_classes=classes, batch_size=s.batch_size, size=s.image_size, device=device,
+            seconds=a.seconds, warmup_s=warmup_s))
     return result
 
 
 def _needs_spark(a: argparse.Namespace, wanted: list[str]) -> bool:
     """Spark converts what was not given and runs ``seed_petastorm``; with ``--data`` and
     ``--data-resized`` the other paths run where there is no Spark (a GPU node, say)."""
-    unconverted = (not a.data and any(p in wanted for p in ("project", "project_gpu_decode"))
-                   or not a.data_resized and "project_resized" in wanted)
-    return unconverted or "seed_petastorm" in wanted
+    return any(_to_convert(a, wanted)) or "seed_petastorm" in wanted
 
 
 @contextlib.contextmanager

@@ -50,6 +50,15 @@ def goal_checks(paths: dict[str, dict]) -> list[dict]:
     return checks
 
 
+def mark_train_goal(steps: dict) -> dict:
+    """On CUDA, add to each project path's training-step result whether it meets TRAIN_GOAL."""
+    if steps["device"].startswith("cuda"):
+        for name, t in steps["paths"].items():
+            if name.startswith("project"):
+                t["meets_goal"] = t["ratio_to_synthetic"] >= TRAIN_GOAL[0] and t["data_wait_fraction"] <= TRAIN_GOAL[1]
+    return steps
+
+
 def format_table(result: dict) -> str:
     """The printed summary: one line per path, then goals, conversion speed, train steps."""
     lines = [f"{'path':<24}{'images/s':>10}{'per core':>10}{'x raw_files':>13}{'per CPU-s':>11}{'cores used':>12}"
@@ -67,12 +76,10 @@ def format_table(result: dict) -> str:
     for name, c in result.get("conversion", {}).items():
         lines.append(f"conversion {name:<29} {c['images_per_s']:8.1f} images/s ({c['images']} images, "
                      f"{c['seconds']:.1f} s{', from its manifest' if c.get('from_manifest') else ''})")
-    steps = result.get("train_step", {})
-    for name, t in steps.get("paths", {}).items():
+    for name, t in result.get("train_step", {}).get("paths", {}).items():
         goal = ""
-        if steps["device"].startswith("cuda") and name.startswith("project"):
-            met = t["ratio_to_synthetic"] >= TRAIN_GOAL[0] and t["data_wait_fraction"] <= TRAIN_GOAL[1]
-            goal = f"  goal >= {TRAIN_GOAL[0]:g}x, wait <= {TRAIN_GOAL[1]:.0%}: {'met' if met else 'NOT met'}"
+        if "meets_goal" in t:
+            goal = f"  goal >= {TRAIN_GOAL[0]:g}x, wait <= {TRAIN_GOAL[1]:.0%}: {'met' if t['meets_goal'] else 'NOT met'}"
         lines.append(f"train step {name:<24} {t['images_per_s']:8.1f} images/s  "
                      f"{t['ratio_to_synthetic']:.2f}x synthetic  data wait {t['data_wait_fraction']:.1%}{goal}")
     return "\n".join(lines)

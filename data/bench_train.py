@@ -15,18 +15,16 @@ import torch
 from torch import nn
 
 from data.bench_measure import Opener
-from data.gpu_decode import JpegBatch, decode_on_device
-from data.loader import normalize
+from data.loader import model_input, normalize
 
 
 def to_model_input(images, device: torch.device, size: int, channels_last: bool) -> torch.Tensor:
-    """Whatever a path yields -> normalised float on ``device``, as the model wants it."""
-    if isinstance(images, JpegBatch):
-        images = decode_on_device(images, size, device)
-    if images.dtype == torch.uint8:
-        return normalize(images, device, channels_last=channels_last)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True).contiguous(memory_format=fmt)  # already normalised
+    """Whatever a path yields -> normalised float on ``device``, as the model wants it: the
+    trainer's :func:`data.loader.model_input`, or a batch its path already normalised."""
+    if isinstance(images, torch.Tensor) and images.is_floating_point():  # raw_files, seed_petastorm
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return images.to(device, non_blocking=True).contiguous(memory_format=fmt)
+    return model_input(images, size, device, channels_last)
 
 
 def _sync(device: torch.device) -> None:
@@ -38,13 +36,10 @@ class StepRunner:
     """One model + optimizer, stepped on batches from any source."""
 
     def __init__(self, model_name: str, num_classes: int, size: int, device: torch.device):
-        from trainer.model import build_model
+        from trainer.model import build_model, to_device
 
         self.device, self.size, self.cuda = device, size, device.type == "cuda"
-        self.model = build_model(model_name, num_classes).to(device)
-        if self.cuda:  # as the trainer does
-            self.model = self.model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
+        self.model = to_device(build_model(model_name, num_classes), device)  # as the trainer does
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.criterion = nn.CrossEntropyLoss()
 
@@ -79,12 +74,11 @@ class StepRunner:
 
 
 def train_step_rates(openers: dict[str, Opener], *, model: str, num_classes: int, batch_size: int, size: int,
-                     device: torch.device, seconds: float, warmup_steps: int = 2) -> dict:
+                     device: torch.device, seconds: float, warmup_s: float, warmup_steps: int = 2) -> dict:
     """Training images/s and data-wait fraction for each path and for synthetic input."""
     runner = StepRunner(model, num_classes, size, device)
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     fixed = (normalize(x, device, channels_last=runner.cuda), torch.randint(0, num_classes, (batch_size,)))
-    warmup_s = min(3.0, seconds / 4)
     synthetic = runner.run(lambda: fixed, seconds, warmup_steps, warmup_s)
     out = {"synthetic": synthetic}
     for name, open_path in openers.items():

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.errors import UserError
 from data.manifest import COLUMNS, arrow_url
-from data.gpu_decode import jpeg_batch
+from data.gpu_decode import JpegBatch, decode_on_device, jpeg_batch
 from data.transforms import MEAN, STD, decode_batch, eval_params, train_params
 
 DEFAULT_SHUFFLE_ROWS = 1024
@@ -234,6 +234,15 @@ def make_loader(layout: SplitLayout, *, workers: int = 2, pin_memory: bool = Fal
         batches.close()
 
 
+def model_input(images: torch.Tensor | JpegBatch, size: int, device: torch.device,
+                channels_last: bool = True) -> torch.Tensor:
+    """A loader batch as the model takes it: normalised float on ``device``; a
+    :class:`JpegBatch` (``decode="gpu"``) is decoded there first."""
+    if isinstance(images, JpegBatch):
+        images = decode_on_device(images, size, device)
+    return normalize(images, device, channels_last=channels_last)
+
+
 def normalize(images: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
               channels_last: bool = True) -> torch.Tensor:
     """uint8 ``[B,3,H,W]`` -> normalised float on ``device`` (channels_last memory by default)."""
@@ -244,7 +253,7 @@ def normalize(images: torch.Tensor, device: torch.device, dtype: torch.dtype = t
 
 @functools.lru_cache(maxsize=16)
 def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """MEAN and STD (x 255) on ``device``, made once: made per batch, each is a copy from
-    pageable memory, which waits for all queued GPU work: the CPU could not run ahead of
-    the GPU, and every CUDA training step stalled."""
+    """MEAN and STD (x 255) on ``device``, made once per device. Made per batch, each was a
+    copy from pageable memory, which waits for all queued GPU work: the CPU could not run
+    ahead of the GPU, and every CUDA training step stalled."""
     return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1) * 255 for v in (MEAN, STD))

@@ -21,7 +21,8 @@ from data.synthetic import make_image
 CLASSES = 3
 
 
-def _jpeg(k: int, rng: np.random.Generator) -> bytes:
+def small_jpeg(k: int, rng: np.random.Generator) -> bytes:
+    """A 40x30 synthetic JPEG of class ``k`` (of CLASSES)."""
     buf = io.BytesIO()
     make_image(k, CLASSES, 40, 30, rng).save(buf, "JPEG", quality=85)
     return buf.getvalue()
@@ -44,7 +45,7 @@ def write_data_set(out: str, row_groups: int, rows_per_group: int = 12, val_rows
     infos = {}
     for split, n in (("train", row_groups * rows_per_group), ("val", val_rows)):
         labels = [i % CLASSES for i in range(n)]
-        infos[split] = write_split(out, split, [_jpeg(k, rng) for k in labels], labels,
+        infos[split] = write_split(out, split, [small_jpeg(k, rng) for k in labels], labels,
                                    [f"class_{k}/{split}_{i:04d}.jpg" for i, k in enumerate(labels)],
                                    rows_per_group if split == "train" else n, CLASSES)
     manifest = Manifest(classes=[f"class_{k}" for k in range(CLASSES)], splits=infos,

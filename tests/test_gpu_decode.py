@@ -22,7 +22,7 @@ from data.loader import inspect_split, make_loader
 from data.manifest import split_url
 from data.synthetic import make_image
 from data.transforms import crop_resize, decode_crop, train_params
-from tests.parquet_sets import write_data_set
+from tests.parquet_sets import small_jpeg, write_data_set
 
 SIZE = 32  # crops of the 40x30 test images are < 2 x SIZE: the CPU path decodes at full size
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -93,11 +93,7 @@ def test_draft_mode_decode_of_a_large_crop_agrees_with_a_full_decode():
 def test_nvjpeg_and_libjpeg_turbo_decode_alike():
     """The bound above is the decoders' own difference: whole images, no crop or resize."""
     rng = np.random.default_rng(3)
-    files = []
-    for k in range(8):
-        buf = io.BytesIO()
-        make_image(k % 3, 3, 40, 30, rng).save(buf, format="JPEG", quality=85)
-        files.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    files = [torch.frombuffer(bytearray(small_jpeg(k % 3, rng)), dtype=torch.uint8) for k in range(8)]
     on_gpu = decode_jpeg(files, mode=ImageReadMode.RGB, device="cuda")
     for data, gpu in zip(files, on_gpu):
         diff = (gpu.cpu().float() - decode_jpeg(data, mode=ImageReadMode.RGB).float()).abs()

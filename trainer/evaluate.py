@@ -25,7 +25,7 @@ from trainer import checkpoint as ck
 from trainer.confusion_png import write_confusion_png
 from trainer.distributed import DistInfo, compute_cleanup, compute_init
 from trainer.metrics import ClassificationSums
-from trainer.model import model_from_checkpoint
+from trainer.model import model_from_checkpoint, to_device
 from trainer.train import autocast_context, evaluate, precision_dtype
 
 
@@ -77,9 +77,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     if batch_size < 1 or image_size < 1 or workers < 0:
         raise UserError("--batch-size and --image-size must be >= 1, --workers >= 0")
     cuda = dist.device.type == "cuda"
-    model = model_from_checkpoint(state).to(dist.device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = to_device(model_from_checkpoint(state), dist.device)
 
     def prepare(images: torch.Tensor, labels: torch.Tensor):
         return normalize(images, dist.device, channels_last=cuda), labels.to(dist.device, non_blocking=True)

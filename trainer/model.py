@@ -62,6 +62,16 @@ def build_model(name: str, num_classes: int, weights: str | None = None,
     return model
 
 
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``; on CUDA also channels_last (the loaders' image layout), with
+    cuDNN autotuning for the fixed input shape."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
 def model_from_checkpoint(state: dict) -> nn.Module:
     """The trained model held by a checkpoint dict (see :mod:`trainer.checkpoint`), in eval mode."""
     model = build_model(state[ck.MODEL_NAME], len(state[ck.CLASSES]))

@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
-from data.gpu_decode import JpegBatch, decode_on_device
-from data.loader import SplitLayout, normalize
+from data.gpu_decode import JpegBatch
+from data.loader import SplitLayout, model_input
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -31,7 +31,7 @@ from trainer.peers import StepBeacon
 from trainer.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, compute_cleanup, compute_init,
                                  print0)
 from trainer.metrics import ClassificationSums
-from trainer.model import build_model
+from trainer.model import build_model, to_device
 from trainer.schedule import warmup_cosine
 from trainer.tracking import NullTracker, make_tracker
 
@@ -108,9 +108,7 @@ class Job:
         return make_eval_loader(layout, **common)
 
     def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
-        if isinstance(images, JpegBatch):  # --decode gpu: JPEG bytes, decoded on the device
-            images = decode_on_device(images, self.cfg.image_size, self.dist.device)
-        x = normalize(images, self.dist.device, channels_last=self.channels_last)
+        x = model_input(images, self.cfg.image_size, self.dist.device, channels_last=self.channels_last)
         return x, labels.to(self.dist.device, non_blocking=True)
 
     def state(self) -> dict:
@@ -233,11 +231,8 @@ def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
                             model_name=cfg.model, path=resume_path)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, manifest.num_classes, cfg.weights, cfg.weights_path).to(dist.device)
+    model = to_device(build_model(cfg.model, manifest.num_classes, cfg.weights, cfg.weights_path), dist.device)
     cuda = dist.device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # fixed input shape: let cuDNN pick the fastest kernels
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)

@@ -20,12 +20,11 @@ from multiprocessing import Pool
 
 import numpy as np
 
+from data.bench import RESIZED_SIDE
 from data.images import normalise
 from data.manifest import Manifest
 from data.synthetic import make_image
 from tests.parquet_sets import write_split
-
-RESIZED_SIDE = 256
 
 
 def _one(job: tuple[str, int, int, int]) -> tuple[int, str, bytes, bytes]:
