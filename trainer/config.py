@@ -38,6 +38,8 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     progress: bool = True
     dist_timeout: float = 600.0  # seconds a collective may wait for a missing rank
+    stacks_after: float | None = None  # seconds without progress before each rank dumps its stacks
+
 
     def __post_init__(self) -> None:
         positive = ["image_size", "epochs", "batch_size", "log_every"]
@@ -60,6 +62,10 @@ class TrainConfig:
             raise UserError("--workers and --warmup-steps must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError("--label-smoothing must be in [0, 1)")
+        if self.stacks_after is None:
+            self.stacks_after = self.dist_timeout / 4
+        if not 0 < self.stacks_after < self.dist_timeout:
+            raise UserError("--stacks-after must be > 0 and less than --dist-timeout")
         if self.weights and self.weights_path:
             raise UserError("give --weights or --weights-path, not both")
         if self.weights_path and not os.path.isfile(self.weights_path):
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--dist-timeout", type=float, default=600.0,
                    help="seconds a collective waits for a missing rank before failing")
+    p.add_argument("--stacks-after", type=float,
+                   help="seconds without progress after which every rank writes the Python stacks of its "
+                        "threads and loader workers to RUN/stacks/ (default: --dist-timeout / 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 

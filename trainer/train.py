@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
-from data.loader import SplitLayout, model_input
+from data.loader import SplitLayout, model_input, worker_context
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -34,6 +34,7 @@ from trainer.metrics import ClassificationSums
 from trainer.model import build_model, to_device
 from trainer.schedule import warmup_cosine
 from trainer.tracking import NullTracker, make_tracker
+from trainer.watchdog import Watchdog
 
 
 def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -82,7 +83,8 @@ class Job:
     progress: Progress
     autocast_dtype: torch.dtype | None
     channels_last: bool
-    beacon: StepBeacon = field(default_factory=lambda: StepBeacon(0, 1))
+    beacon: StepBeacon
+    watchdog: Watchdog
 
     @property
     def total_steps(self) -> int:
@@ -150,10 +152,11 @@ def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
 def validate(job: Job) -> dict:
     """Run :func:`evaluate` on the val split; log it, keep ``best.pt`` when top-1 improves."""
     broadcast_buffers(job.model_without_ddp)  # every rank scores the model rank 0 saves
-    with job.loader(job.val, train=False) as batches:
-        res = evaluate(job.model_without_ddp, batches, job.dist.device, job.manifest.num_classes,
-                       job.inputs, job.autocast).results()
     p = job.progress
+    with job.loader(job.val, train=False) as batches:
+        res = evaluate(job.model_without_ddp, job.watchdog.watch(batches, f"validation at step {p.step}"),
+                       job.dist.device, job.manifest.num_classes, job.inputs, job.autocast).results()
+    job.watchdog.tick(f"validation at step {p.step}")
     p.last_val = res
     job.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, p.step)
     print0(f"step {p.step}/{job.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
@@ -189,6 +192,7 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         p.step += 1
         p.step_in_epoch += 1
         job.beacon.mark(p.step)
+        job.watchdog.tick(f"train step {p.step}")
         window_images += len(labels)
         window_wait += t1 - t0
         if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
@@ -215,11 +219,13 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             job.save(ck.LAST)
 
 
-def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
+def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchdog) -> Job:
     """Check inputs, build model/optimizer/schedule, restore a checkpoint if resuming."""
     manifest = Manifest.load(cfg.data)
     if cfg.decode == "gpu" and dist.device.type != "cuda":
         raise UserError("--decode gpu needs a CUDA device; use --decode cpu")
+    if cfg.workers:
+        worker_context()  # the loader workers' server starts now, beside the model build
     train = open_split(cfg.data, "train", manifest)
     val_split = manifest.splits.get("val")
     val = open_split(cfg.data, "val", manifest) if val_split and val_split.rows else None
@@ -264,7 +270,7 @@ def setup(cfg: TrainConfig, dist: DistInfo) -> Job:
     return Job(cfg, dist, manifest, train, val, steps_per_epoch, ddp, model, optimizer, scheduler, scaler,
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                make_tracker(dist.is_main, cfg.out, cfg.experiment, run_id), progress,
-               precision_dtype(cfg.precision, dist.device), cuda)
+               precision_dtype(cfg.precision, dist.device), cuda, beacon, watchdog)
 
 
 def fit(job: Job) -> dict:
@@ -280,6 +286,7 @@ def fit(job: Job) -> dict:
            f"{job.steps_per_epoch} steps, device {job.dist.device.type}")
     bar = tqdm(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and job.dist.is_main))
+    job.watchdog.tick(f"start of training at step {p.step}")
     try:
         while p.epoch < cfg.epochs and not job.stop_reached:
             bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
@@ -346,10 +353,10 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     prepare_run_dir(cfg.out)
     dist = compute_init(cfg.dist_timeout)
     beacon = StepBeacon(dist.rank, dist.world_size)
+    watchdog = Watchdog(cfg.out, dist.rank, cfg.stacks_after, on_stall=beacon.stalled)
     job = None
     try:
-        job = setup(cfg, dist)
-        job.beacon = beacon
+        job = setup(cfg, dist, beacon, watchdog)
         beacon.mark(job.progress.step)
         summary = fit(job)
         job.tracker.close("KILLED" if summary["steps"] < job.total_steps else "FINISHED")
@@ -359,9 +366,11 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
             job.tracker.close("FAILED")
         lost_peer = None if isinstance(exc, UserError) else beacon.describe(exc, cfg.dist_timeout)
         if lost_peer:
-            raise PeerFailure(lost_peer) from exc
+            watchdog.dump("a collective failed")
+            raise PeerFailure(f"{lost_peer}. Python stacks of each rank: {watchdog.directory}") from exc
         raise
     finally:
+        watchdog.close()
         beacon.close()
         compute_cleanup()
 
