@@ -25,8 +25,10 @@ Loader workers are started by a ``forkserver``, never forked from the rank itsel
 rank runs other threads (the step heartbeat, gloo's, Arrow's, the queues' feeders), and
 a process forked while another thread holds a lock (malloc's, the import lock, a C
 library's) can wait for that lock forever in the child. The fork server is a
-single-threaded process started once per rank with this module and the main module
-already imported, so starting workers for every epoch and validation stays cheap.
+single-threaded process started once per rank with this module and Petastorm already
+imported, so starting workers for every epoch and validation stays cheap; workers do not
+re-run the caller's script, so a script without an ``if __name__ == "__main__":`` guard
+works as it did with fork.
 
 Batches are ``(images, labels)``: ``images`` uint8 ``[B, 3, H, W]`` (channels_last
 strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device. With
@@ -44,6 +46,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import types
 import warnings
 import weakref
 import zlib
@@ -217,19 +220,30 @@ def worker_context() -> multiprocessing.context.BaseContext:
     its imports overlap other start-up work."""
     ctx = multiprocessing.get_context(WORKER_START)
     if WORKER_START == "forkserver":
-        # What every worker imports, imported once in the server: the readers, and the main
-        # module (each worker re-runs it, as with any spawn-style start: guard a script's
-        # entry point with ``if __name__ == "__main__":``).
-        main = getattr(sys.modules["__main__"], "__spec__", None)
-        ctx.set_forkserver_preload(["data.loader", "petastorm", "petastorm.reader", "__main__"]
-                                   + ([main.name] if main and main.name != "__main__" else []))
-        # pyarrow's allocator starts a background thread on import: off, the server stays
-        # single-threaded. Re-running a preloaded main module makes runpy warn: nothing to act on.
-        with _env(JE_ARROW_MALLOC_CONF="background_thread:false", PYTHONWARNINGS="ignore::RuntimeWarning:runpy"):
+        ctx.set_forkserver_preload(["data.loader", "petastorm", "petastorm.reader"])  # what every worker imports
+        # pyarrow's allocator starts a background thread on import: off, the server stays single-threaded.
+        with _env(JE_ARROW_MALLOC_CONF="background_thread:false"):
             from multiprocessing import forkserver
 
             forkserver.ensure_running()
     return ctx
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start processes that do not re-run the caller's main module.
+
+    A spawn-style start (forkserver, spawn) makes each new process import the parent's
+    ``__main__`` again: an unguarded script (no ``if __name__ == "__main__":``) would run
+    its whole training in every loader worker. The workers need nothing from it (the
+    dataset and worker loop live in this package), so it is hidden while they start.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 @contextlib.contextmanager
@@ -276,7 +290,8 @@ class Batches:
                                   prefetch_factor=4 if workers else None, generator=torch.Generator(),
                                   multiprocessing_context=worker_context() if workers else None,
                                   worker_init_fn=init if workers else None)
-        self._it = iter(self._loader)
+        with _main_hidden():
+            self._it = iter(self._loader)  # starts the workers
         _LIVE.add(self)
 
     def __iter__(self) -> "Batches":

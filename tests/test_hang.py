@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -14,7 +16,7 @@ from data import make_eval_loader, make_train_loader
 from data.loader import live_workers
 from tests import soak
 from tests.converted import seven_groups  # noqa: F401 (fixture)
-from tests.procs import finish, start
+from tests.procs import ROOT, finish, start
 
 TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002",
         "--no-progress"]
@@ -32,6 +34,25 @@ def test_loader_workers_come_from_a_single_threaded_server_not_the_caller(seven_
         assert psutil.Process(server.pop()).num_threads() == 1
     with make_eval_loader(seven_groups[0], batch_size=4, image_size=32, workers=2) as batches:
         assert sum(len(labels) for _, labels in batches) == seven_groups[1].splits["val"].rows
+
+
+UNGUARDED = """
+import sys
+from data import make_eval_loader
+print("body", flush=True)
+with make_eval_loader(sys.argv[1], batch_size=4, image_size=32, workers=2) as batches:
+    print("rows", sum(len(labels) for _, labels in batches))
+"""
+
+
+def test_a_script_without_a_main_guard_runs_once(seven_groups, tmp_path):
+    # Workers start spawn-style but must not re-run the caller's script.
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    result = subprocess.run([sys.executable, str(script), seven_groups[0]], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["body", "rows", str(seven_groups[1].splits["val"].rows)]
 
 
 def rank_workers(proc, rank: int) -> list[psutil.Process]:

@@ -16,6 +16,7 @@ the file. A failed collective adds the folder to its one-line error.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -135,4 +136,11 @@ class Watchdog:
                   f"of this rank and its loader workers: {path}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """Stop watching; drop the empty files loader workers opened for a dump that never came."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.directory):
+                path = os.path.join(self.directory, name)
+                if os.path.getsize(path) == 0:
+                    os.remove(path)
+            os.rmdir(self.directory)  # only if empty
