@@ -14,8 +14,7 @@ import torch
 
 import data
 import trainer
-from tests.converted import seven_groups  # noqa: F401 (fixture)
-from tests.test_train import ROOT, ok, run
+from tests.procs import ROOT, ok, run
 
 BATCH = 8
 STEPS_PER_EPOCH = 84 // (BATCH * 2)  # train rows // (batch x ranks)

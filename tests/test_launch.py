@@ -19,8 +19,8 @@ from data.errors import UserError
 from data.manifest import Manifest, SplitInfo
 from data.synthetic import make_image
 from launch import spark as launch_spark
+from tests.procs import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN_SH = os.path.join(ROOT, "launch", "torchrun.sh")
 CLASSES = 3
 TRAIN_ROWS, VAL_ROWS = 96, 30

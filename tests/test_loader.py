@@ -14,7 +14,6 @@ import torch
 
 from data.loader import inspect_split, make_loader, shard_plan
 from data.manifest import split_url
-from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
 
 
 def eval_images(layout, world_size: int, workers: int) -> list[tuple[int, str]]:
