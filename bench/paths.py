@@ -1,4 +1,4 @@
-"""The input paths :mod:`data.bench` compares, each as an endless stream of batches.
+"""The input paths :mod:`bench` compares, each as an endless stream of batches.
 
 Every ``open_*`` function is a context manager yielding an iterator of
 ``(images, labels)`` batches that never ends (the benchmark decides how long to read),
@@ -7,7 +7,7 @@ so all paths are measured the same way. All use the same augmentation
 
 * ``raw_files``: torchvision ``ImageFolder`` + ``DataLoader`` (RandomResizedCrop, flip,
   ToTensor, Normalize in the workers), the usual way to read an image folder;
-* ``seed_petastorm``: the original write-up: ``make_spark_converter(df)`` on a
+* ``petastorm_converter``: Petastorm's Spark recipe: ``make_spark_converter(df)`` on a
   ``binaryFile`` DataFrame, then ``make_torch_dataloader`` with a pandas
   ``TransformSpec`` that decodes each row;
 * ``project``: the trainer's own loader (:func:`data.loader.make_loader`), uint8 batches
@@ -77,12 +77,12 @@ def class_names(images: str) -> list[str]:
     return sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
 
 
-def make_seed_converter(spark, images: str, cache_dir: str):
-    """The write-up's conversion: a ``binaryFile`` DataFrame cached by ``make_spark_converter``."""
+def make_petastorm_converter(spark, images: str, cache_dir: str):
+    """Petastorm's Spark recipe: a ``binaryFile`` DataFrame cached by ``make_spark_converter``."""
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
     from pyspark.sql import functions as F
 
-    from data.layouts import image_glob
+    from data.convert.layouts import image_glob
 
     classes = class_names(images)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + os.path.abspath(cache_dir))
@@ -95,7 +95,7 @@ def make_seed_converter(spark, images: str, cache_dir: str):
 
 
 def _decode_rows(transform, pd_batch):
-    """The write-up's TransformSpec function: decode and transform row by row in pandas."""
+    """The recipe's TransformSpec function: decode and transform row by row in pandas."""
     from PIL import Image
 
     pd_batch["features"] = pd_batch["content"].map(
@@ -104,7 +104,7 @@ def _decode_rows(transform, pd_batch):
 
 
 @contextlib.contextmanager
-def open_seed_petastorm(converter, s: Settings) -> Iterator[Iterator[Batch]]:
+def open_petastorm_converter(converter, s: Settings) -> Iterator[Iterator[Batch]]:
     """``converter.make_torch_dataloader`` with a decoding TransformSpec (thread pool)."""
     from petastorm import TransformSpec
 

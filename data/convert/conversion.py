@@ -1,27 +1,23 @@
-"""Convert a folder of labelled images into Parquet splits with Spark.
+"""``convert()``: check the options and the folders, run the Spark job in a staged folder, publish it.
 
-``python -m data.convert --images DIR --out DIR [options]`` reads every file with
-Spark's ``binaryFile`` source, decodes and normalises it in the Python workers
-(:mod:`data.images`), splits per class by a hash of the relative path
-(:mod:`data.splits`) and writes ``<out>/{train,val,test}/`` Parquet (columns image,
-label, path, width, height), ``<out>/manifest.json`` and ``<out>/rejected.csv``.
+The job itself is :mod:`data.convert.job`; this module owns what surrounds it: the
+options, the Spark session and its runtime settings, the atomic publish
+(:mod:`data.convert.staging`) and the end-of-run summary.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import sys
 import time
 from typing import Any, Iterator
 
-from data import convert_job, layouts
-from data.errors import UserError, cli, storage_errors
-from data.images import DEFAULT_QUALITY
+from data.convert import job, layouts
+from data.convert.images import DEFAULT_QUALITY
+from data.convert.splits import DEFAULT_SPLIT, Fractions, parse_split
+from data.convert.staging import check_out, staged_folder
+from data.errors import UserError, storage_errors
 from data.manifest import REJECTED as REJECTED_CSV
 from data.manifest import Manifest
-from data.splits import DEFAULT_SPLIT, Fractions, parse_split
-from data.staging import check_out, staged_folder
 
 DEFAULT_SEED = 13
 RUNTIME_CONF = {
@@ -47,7 +43,7 @@ def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, se
     restored. Without one, a session is built on ``master`` with ``spark_conf`` and
     stopped at the end.
     ``files_per_split`` forces the number of Parquet files per split; ``row_group_mb``
-    forces the row-group size (default: automatic, see :mod:`data.parquet_layout`).
+    forces the row-group size (default: automatic, see :mod:`data.convert.row_groups`).
     Raises UserError for bad options, a missing or empty input, or a non-empty ``out``.
     """
     fractions = parse_split(split)
@@ -60,7 +56,7 @@ def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, se
     with storage_errors(f"writing {out} failed", "nothing was published"), \
             _session(spark, master, spark_conf) as session, staged_folder(out, overwrite) as tmp:
         started = time.monotonic()
-        manifest = convert_job.run(session, lay, tmp, fractions, options, progress)
+        manifest = job.run(session, lay, tmp, fractions, options, progress)
         seconds = time.monotonic() - started
         processed = sum(s.rows for s in manifest.splits.values()) + manifest.rejected
         manifest.stats.update(seconds=round(seconds, 3), images_per_s=round(processed / max(seconds, 1e-9), 1))
@@ -137,49 +133,3 @@ def summary(manifest: Manifest, out: str) -> str:
         lines.append("  warning: Spark does not read folders starting with '_': "
                      + ", ".join(manifest.stats["ignored_folders"]))
     return "\n".join(lines)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, via @cli, instead of usage + exit 2
-        raise UserError(f"{message} (see python -m data.convert --help)")
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m data.convert", description=__doc__.split("\n")[0])
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of <class>/<image> files, or the Food-101 download")
-    p.add_argument("--out", required=True, metavar="DIR", help="data set folder to create")
-    p.add_argument("--layout", default="auto", choices=layouts.LAYOUTS)
-    p.add_argument("--split", metavar="T,V,E", default=",".join(f"{v:g}" for v in DEFAULT_SPLIT), help="train,val,test fractions")
-    p.add_argument("--seed", type=_int, metavar="N", default=DEFAULT_SEED, help="split seed")
-    p.add_argument("--quality", type=_int, metavar="Q", default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
-    p.add_argument("--max-side", type=_int, metavar="N", default=None, help="shrink images whose longer side is larger")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing converted data set")
-    p.add_argument("--master", metavar="URL", default="local[*]", help="Spark master (default local[*])")
-    p.add_argument("--spark-conf", action="extend", nargs="+", default=[], metavar="K=V", help="Spark settings")
-    p.add_argument("--files-per-split", type=_int, metavar="N", default=None, help="force N Parquet files per split")
-    p.add_argument("--row-group-mb", type=float, metavar="M", default=None, help="force the Parquet row-group size (MB)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-@cli
-def main(argv: list[str] | None = None) -> None:
-    from data.spark import parse_conf
-
-    a = build_parser().parse_args(argv)
-    manifest = convert(
-        a.images, a.out, split=a.split, seed=a.seed, layout=a.layout, quality=a.quality, max_side=a.max_side,
-        overwrite=a.overwrite, master=a.master, spark_conf=parse_conf(a.spark_conf),
-        files_per_split=a.files_per_split, row_group_mb=a.row_group_mb, progress=not a.no_progress)
-    print(summary(manifest, a.out), flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,14 +1,14 @@
 """Input-pipeline benchmark: how many images per second each way of reading delivers.
 
-``python -m data.bench --images DIR [--data PARQUET_DIR] --out-json FILE [--workers N]
+``python -m bench --images DIR [--data PARQUET_DIR] --out-json FILE [--workers N]
 [--batch-size 32] [--seconds S] [--image-size 224] [--train-step [--model NAME]]``
 
 Converts DIR with :mod:`data.convert` when no Parquet is given (and a ``--max-side 256``
-copy for ``project_resized``; Spark starts only for these and ``seed_petastorm``), then
+copy for ``project_resized``; Spark starts only for these and ``petastorm_converter``), then
 measures side by side, in interleaved rounds, with the same augmentation, batch size
-and worker count: ``raw_files``, ``seed_petastorm``, ``project``, ``project_resized``,
+and worker count: ``raw_files``, ``petastorm_converter``, ``project``, ``project_resized``,
 ``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA, ``project_gpu_decode`` (paths:
-:mod:`data.bench_paths`). Writes JSON (images/s, per core, ratio to ``raw_files``, the
+:mod:`bench.paths`). Writes JSON (images/s, per core, ratio to ``raw_files``, the
 issue's goals, conversion speed of ``data.convert`` vs ``make_spark_converter``) and a
 bar chart PNG next to it, and prints a table.
 """
@@ -27,14 +27,14 @@ from typing import Any, Iterator
 
 import torch
 
-from data import bench_measure as bm
-from data import bench_paths as bp
-from data.bench_report import goal_checks, mark_train_goal, path_table, write_outputs
+from bench import measure as bm
+from bench import paths as bp
+from bench.report import goal_checks, mark_train_goal, path_table, write_outputs
 from data.errors import UserError, cli
 from data.manifest import Manifest
 
 RESIZED_SIDE = 256
-PATHS = ("raw_files", "seed_petastorm", "project", "project_resized", "decode_ceiling", "project_gpu_decode")
+PATHS = ("raw_files", "petastorm_converter", "project", "project_resized", "decode_ceiling", "project_gpu_decode")
 
 
 def _log(msg: str) -> None:
@@ -114,10 +114,10 @@ def run(a: argparse.Namespace, spark=None) -> dict:
             _warm_up(session, a.images)
         data, resized, conversion = _data_sets(a, session, work, wanted)
         converter = None
-        if "seed_petastorm" in wanted:
-            _log("converting with make_spark_converter (the original write-up) ...")
+        if "petastorm_converter" in wanted:
+            _log("converting with Petastorm's make_spark_converter ...")
             t0 = time.perf_counter()
-            converter = bp.make_seed_converter(session, a.images, os.path.join(work, "petastorm_cache"))
+            converter = bp.make_petastorm_converter(session, a.images, os.path.join(work, "petastorm_cache"))
             seconds = time.perf_counter() - t0
             conversion["make_spark_converter"] = {"images": len(converter), "seconds": round(seconds, 2),
                                                   "images_per_s": round(len(converter) / seconds, 1)}
@@ -135,7 +135,7 @@ def run(a: argparse.Namespace, spark=None) -> dict:
 def _openers(a: argparse.Namespace, s: bp.Settings, wanted: list[str], data: str | None, resized: str | None,
              converter) -> dict[str, bm.Opener]:
     every = {"raw_files": lambda: partial(bp.open_raw_files, a.images, s),
-             "seed_petastorm": lambda: partial(bp.open_seed_petastorm, converter, s),
+             "petastorm_converter": lambda: partial(bp.open_petastorm_converter, converter, s),
              "project": lambda: partial(bp.open_project, data, s),
              "project_resized": lambda: partial(bp.open_project, resized, s),
              "project_gpu_decode": lambda: partial(bp.open_gpu_decoded, data, s, torch.device("cuda", 0))}
@@ -157,7 +157,7 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
         result["diagnostics"]["petastorm_reader_rows_per_s_one_process"] = round(
             bp.reader_rows_per_s(data, min(a.seconds, 5.0)), 1)
     if a.train_step:
-        from data.bench_train import train_step_rates
+        from bench.train_step import train_step_rates
 
         _log(f"training steps ({a.model}) fed by each path ...")
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -171,9 +171,9 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
 
 
 def _needs_spark(a: argparse.Namespace, wanted: list[str]) -> bool:
-    """Spark converts what was not given and runs ``seed_petastorm``; with ``--data`` and
+    """Spark converts what was not given and runs ``petastorm_converter``; with ``--data`` and
     ``--data-resized`` the other paths run where there is no Spark (a GPU node, say)."""
-    return any(_to_convert(a, wanted)) or "seed_petastorm" in wanted
+    return any(_to_convert(a, wanted)) or "petastorm_converter" in wanted
 
 
 @contextlib.contextmanager
@@ -204,7 +204,7 @@ def _workdir(work: str | None) -> Iterator[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--images", required=True, help="the <class>/<image> folder to read")
     p.add_argument("--data", help="its data.convert output (converted here if not given)")
     p.add_argument("--data-resized", help=f"its --max-side {RESIZED_SIDE} conversion (made here if not given)")
@@ -241,6 +241,3 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     run(parse_args(argv))
 
-
-if __name__ == "__main__":
-    main()

@@ -12,9 +12,9 @@ from urllib.parse import unquote
 
 import pandas as pd
 
-from data.images import try_normalise
-from data.layouts import Layout
-from data.splits import split_key
+from data.convert.images import try_normalise
+from data.convert.layouts import Layout
+from data.convert.splits import split_key
 
 KEPT, REJECTED, SKIPPED = "kept", "rejected", "skipped"
 SPLIT_NAMES = ("train", "val", "test")

@@ -14,14 +14,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from data.bench_measure import Opener
+from bench.measure import Opener
 from data.loader import model_input, normalize
 
 
 def to_model_input(images, device: torch.device, size: int, channels_last: bool) -> torch.Tensor:
     """Whatever a path yields -> normalised float on ``device``, as the model wants it: the
     trainer's :func:`data.loader.model_input`, or a batch its path already normalised."""
-    if isinstance(images, torch.Tensor) and images.is_floating_point():  # raw_files, seed_petastorm
+    if isinstance(images, torch.Tensor) and images.is_floating_point():  # raw_files, petastorm_converter
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return images.to(device, non_blocking=True).contiguous(memory_format=fmt)
     return model_input(images, size, device, channels_last)
