@@ -33,7 +33,7 @@ Batch = tuple[Any, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class Settings:
+class PathSettings:
     """What every path shares: loader processes, batch size, output size, seed, and pinned
     batches (on CUDA machines, as the trainer does: pageable copies stall the GPU)."""
     workers: int
@@ -56,7 +56,7 @@ def _endless(loader) -> Iterator[Batch]:
 
 
 @contextlib.contextmanager
-def open_raw_files(images: str, s: Settings) -> Iterator[Iterator[Batch]]:
+def open_raw_files(images: str, s: PathSettings) -> Iterator[Iterator[Batch]]:
     """ImageFolder + DataLoader, reshuffled every epoch by persistent workers."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
@@ -104,7 +104,7 @@ def _decode_rows(transform, pd_batch):
 
 
 @contextlib.contextmanager
-def open_petastorm_converter(converter, s: Settings) -> Iterator[Iterator[Batch]]:
+def open_petastorm_converter(converter, s: PathSettings) -> Iterator[Iterator[Batch]]:
     """``converter.make_torch_dataloader`` with a decoding TransformSpec (thread pool)."""
     from petastorm import TransformSpec
 
@@ -117,7 +117,7 @@ def open_petastorm_converter(converter, s: Settings) -> Iterator[Iterator[Batch]
 
 
 @contextlib.contextmanager
-def open_project(data: str, s: Settings, decode: str = "cpu") -> Iterator[Iterator[Batch]]:
+def open_project(data: str, s: PathSettings, decode: str = "cpu") -> Iterator[Iterator[Batch]]:
     """The trainer's loader on the train split: uint8 batches, or ``JpegBatch`` with ``decode="gpu"``."""
     from data.manifest import Manifest, split_url
 
@@ -130,7 +130,7 @@ def open_project(data: str, s: Settings, decode: str = "cpu") -> Iterator[Iterat
 
 
 @contextlib.contextmanager
-def open_gpu_decoded(data: str, s: Settings, device: torch.device) -> Iterator[Iterator[Batch]]:
+def open_gpu_decoded(data: str, s: PathSettings, device: torch.device) -> Iterator[Iterator[Batch]]:
     """:func:`open_project` with ``decode="gpu"``, each batch decoded on ``device`` before it counts."""
     from data.gpu_decode import decode_on_device
 

@@ -75,7 +75,7 @@ def test_given_parquet_sets_need_no_spark(tmp_path, monkeypatch):
     def no_spark(*args, **kwargs):
         raise AssertionError("the benchmark started Spark although nothing needed converting")
 
-    monkeypatch.setattr(spark_module, "get_spark", no_spark)
+    monkeypatch.setattr(spark_module, "spark_session", no_spark)
     for name in ("data", "data_256"):
         write_data_set(str(tmp_path / name), row_groups=2)
     args = parse_args(["--images", str(tmp_path), "--data", str(tmp_path / "data"), "--data-resized",

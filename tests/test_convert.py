@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 
 from data.convert import convert
-from data.convert.conversion import RUNTIME_CONF, runtime_conf
+from data.convert.conversion import RUNTIME_CONF
 from data.convert.job import OUTPUT_COLUMNS
 from data.convert.layouts import image_glob
 from data.convert.row_groups import parquet_files
 from data.convert.splits import assign, split_counts, split_key
 from data.errors import UserError
 from data.manifest import Manifest
+from data.spark import runtime_conf
 from data.synthetic import generate
 from tests.procs import ROOT
 from tests.sample_images import encode, noise, png_header_only

@@ -6,23 +6,24 @@ options, the Spark session and its runtime settings, the atomic publish
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from data.convert import job, layouts
 from data.convert.images import DEFAULT_QUALITY
+from data.convert.layouts import LAYOUTS
 from data.convert.splits import DEFAULT_SPLIT, Fractions, parse_split
 from data.convert.staging import check_out, staged_folder
-from data.errors import UserError, storage_errors
+from data.errors import storage_errors
 from data.manifest import REJECTED as REJECTED_CSV
 from data.manifest import Manifest
+from data.settings import check_settings, setting
+from data.spark import ARROW_BATCH_CONF, parse_conf, spark_session
 
-DEFAULT_SEED = 13
 RUNTIME_CONF = {
-    # Images are large rows: small Arrow batches keep the Python workers lean.
-    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    **ARROW_BATCH_CONF,
     # Spark counts 4 MiB per file opened, which packs only ~30 images into a read task and
     # makes per-task overhead cost more than decoding; a photo is not that costly to open.
     "spark.sql.files.openCostInBytes": str(256 * 1024),
@@ -31,89 +32,77 @@ RUNTIME_CONF = {
 }
 
 
-def convert(images: str, out: str, *, split: Fractions | str = DEFAULT_SPLIT, seed: int = DEFAULT_SEED,
-            layout: str = "auto", quality: int = DEFAULT_QUALITY, max_side: int | None = None,
-            overwrite: bool = False, master: str = "local[*]", spark_conf: dict[str, str] | None = None,
-            spark=None, files_per_split: int | None = None, row_group_mb: float | None = None,
-            progress: bool = True) -> Manifest:
+@dataclass
+class ConvertOptions:
+    """Every setting of a conversion, declared once (:mod:`data.settings`): ``python -m
+    data.convert``'s options, :func:`convert`'s keywords and the README's option table."""
+
+    images: str = setting(metavar="DIR", help="image folder (<class>/<image> files) or the Food-101 download")
+    out: str = setting(metavar="DIR", help="data set folder to create")
+    layout: str = setting("auto", choices=LAYOUTS,
+                          help="input layout: folder, food101, or auto (food101 when its meta files are there)")
+    split: str | Fractions = setting(",".join(f"{v:g}" for v in DEFAULT_SPLIT), metavar="T,V,E",
+                                     help="train,val,test fractions (non-negative, sum 1)")
+    seed: int = setting(13, metavar="N", help="split seed")
+    quality: int = setting(DEFAULT_QUALITY, minimum=1, maximum=100, metavar="Q",
+                           help="JPEG quality for images that must be re-encoded")
+    max_side: int | None = setting(None, minimum=1, metavar="N",
+                                   help="shrink images whose longer side exceeds N (aspect kept)")
+    overwrite: bool = setting(False, help="replace an existing converted data set at --out")
+    master: str = setting("local[*]", metavar="URL", help="Spark master; the same command runs on a cluster")
+    spark_conf: dict[str, str] = setting(factory=dict, repeat=True, metavar="K=V", doc="",
+                                         help="any other Spark setting (repeatable)")
+    files_per_split: int | None = setting(None, minimum=1, metavar="N", doc="auto",
+                                          help="force N Parquet files per split")
+    row_group_mb: float | None = setting(None, above=0, metavar="M", doc="auto (≤ 8)",
+                                         help="force the Parquet row-group size (MiB)")
+    progress: bool = setting(True, help="no progress bars (the summary is still printed)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        parse_split(self.split)
+        if not isinstance(self.spark_conf, dict):  # the command line's ["k=v", ...]
+            self.spark_conf = parse_conf(self.spark_conf)
+
+    @property
+    def fractions(self) -> Fractions:
+        return parse_split(self.split)
+
+
+def convert(images: str, out: str, *, spark=None, **options: Any) -> Manifest:
     """Convert the image folder ``images`` into the data set folder ``out``.
 
+    ``options``: any other setting of :class:`ConvertOptions` by name (``split``, ``seed``,
+    ``layout``, ``quality``, ``max_side``, ``overwrite``, ``master``, ``spark_conf`` as a
+    dict, ``files_per_split``, ``row_group_mb``, ``progress``), defaults as on the command line.
     ``spark``: the SparkSession to use (default: the active one, if any); it is left
     running, and ``spark_conf`` (runtime settings only) is applied for the duration and
     restored. Without one, a session is built on ``master`` with ``spark_conf`` and
-    stopped at the end.
-    ``files_per_split`` forces the number of Parquet files per split; ``row_group_mb``
-    forces the row-group size (default: automatic, see :mod:`data.convert.row_groups`).
+    stopped at the end. ``files_per_split`` / ``row_group_mb`` force the Parquet layout
+    (default: automatic, see :mod:`data.convert.row_groups`).
     Raises UserError for bad options, a missing or empty input, or a non-empty ``out``.
     """
-    fractions = parse_split(split)
-    _check_options(quality, max_side, files_per_split, row_group_mb)
-    lay = layouts.detect(images, layout)
-    out = check_out(out, overwrite, lay.root)
-    options = {"images": os.path.abspath(images), "layout": lay.name, "root": lay.root,
-               "split": list(fractions), "seed": seed, "quality": quality, "max_side": max_side,
-               "files_per_split": files_per_split, "row_group_mb": row_group_mb}
+    return run(ConvertOptions(images=images, out=out, **options), spark)
+
+
+def run(opts: ConvertOptions, spark=None) -> Manifest:
+    """:func:`convert` with its options already checked."""
+    fractions = opts.fractions
+    lay = layouts.detect(opts.images, opts.layout)
+    out = check_out(opts.out, opts.overwrite, lay.root)
+    options = {"images": os.path.abspath(opts.images), "layout": lay.name, "root": lay.root,
+               "split": list(fractions), "seed": opts.seed, "quality": opts.quality, "max_side": opts.max_side,
+               "files_per_split": opts.files_per_split, "row_group_mb": opts.row_group_mb}
     with storage_errors(f"writing {out} failed", "nothing was published"), \
-            _session(spark, master, spark_conf) as session, staged_folder(out, overwrite) as tmp:
+            spark_session(spark, master=opts.master, conf={**RUNTIME_CONF, **opts.spark_conf}) as session, \
+            staged_folder(out, opts.overwrite) as tmp:
         started = time.monotonic()
-        manifest = job.run(session, lay, tmp, fractions, options, progress)
+        manifest = job.run(session, lay, tmp, fractions, options, opts.progress)
         seconds = time.monotonic() - started
         processed = sum(s.rows for s in manifest.splits.values()) + manifest.rejected
         manifest.stats.update(seconds=round(seconds, 3), images_per_s=round(processed / max(seconds, 1e-9), 1))
         manifest.save(tmp)
     return manifest
-
-
-def _check_options(quality: int, max_side: int | None, files_per_split: int | None,
-                   row_group_mb: float | None) -> None:
-    if not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise UserError(f"--quality must be an integer from 1 to 100, got {quality!r}")
-    if max_side is not None and max_side < 1:
-        raise UserError(f"--max-side must be at least 1, got {max_side}")
-    if files_per_split is not None and files_per_split < 1:
-        raise UserError(f"--files-per-split must be at least 1, got {files_per_split}")
-    if row_group_mb is not None and not row_group_mb > 0:
-        raise UserError(f"--row-group-mb must be positive, got {row_group_mb}")
-
-
-@contextlib.contextmanager
-def _session(spark, master: str, conf: dict[str, str] | None) -> Iterator[Any]:
-    """The SparkSession to use, with the conversion's runtime settings applied."""
-    from data.spark import get_spark
-
-    settings = {**RUNTIME_CONF, **(conf or {})}
-    if spark is None:
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.getActiveSession()  # e.g. a notebook's: use it, leave it running
-    if spark is None:
-        session = get_spark(master, settings)
-        try:
-            yield session
-        finally:
-            session.stop()
-        return
-    with runtime_conf(spark, settings):
-        yield spark
-
-
-@contextlib.contextmanager
-def runtime_conf(spark, conf: dict[str, str]) -> Iterator[None]:
-    """Set runtime SQL settings on a running session for the block, then restore them."""
-    saved = {k: spark.conf.get(k, None) for k in conf}
-    try:
-        for key, value in conf.items():
-            try:
-                spark.conf.set(key, value)
-            except Exception as exc:
-                raise UserError(f"cannot set {key} on a running Spark session: {str(exc).splitlines()[0]}") from None
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 def summary(manifest: Manifest, out: str) -> str:
