@@ -24,6 +24,7 @@ from trainer.config import TrainConfig, parse_args
 DOCUMENTED = [  # (document, heading above its option table, the settings it documents)
     ("README.md", "## Training", TrainConfig),
     ("README.md", "## Converting images", ConvertOptions),
+    ("bench/README.md", "## Options", BenchOptions),
 ]
 
 
