@@ -16,6 +16,8 @@ from torch import nn
 
 from bench.measure import Opener
 from data.loader import model_input, normalize
+from trainer.model import build_model, to_device
+from trainer.precision import autocast_context, precision_dtype
 
 
 def to_model_input(images, device: torch.device, size: int, channels_last: bool) -> torch.Tensor:
@@ -36,8 +38,6 @@ class StepRunner:
     """One model + optimizer, stepped on batches from any source."""
 
     def __init__(self, model_name: str, num_classes: int, size: int, device: torch.device):
-        from trainer.model import build_model, to_device
-
         self.device, self.size, self.cuda = device, size, device.type == "cuda"
         self.model = to_device(build_model(model_name, num_classes), device)  # as the trainer does
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
@@ -46,7 +46,7 @@ class StepRunner:
     def step(self, images, labels: torch.Tensor) -> None:
         x = to_model_input(images, self.device, self.size, self.cuda)
         y = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with autocast_context(self.device, precision_dtype("auto", self.device)):
             loss = self.criterion(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
