@@ -122,8 +122,8 @@ def open_project(data: str, s: PathSettings, decode: str = "cpu") -> Iterator[It
     from data.manifest import Manifest, split_url
 
     manifest = Manifest.load(data)
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
-    with make_loader(layout, workers=s.workers, pin_memory=s.pin_memory or decode == "gpu", rank=0, world_size=1,
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    with make_loader(parquet, workers=s.workers, pin_memory=s.pin_memory or decode == "gpu", rank=0, world_size=1,
                      batch_size=s.batch_size, image_size=s.image_size, train=True, seed=s.seed,
                      decode=decode) as batches:
         yield batches

@@ -93,10 +93,10 @@ def test_train_loader_gives_exactly_steps_per_epoch_batches(seven_groups):
 
 def test_eval_loader_reads_each_image_once_across_ranks(seven_groups):
     data_dir, manifest = seven_groups
-    layout = data.open_split(data_dir, "val")
+    parquet = data.open_split(data_dir, "val")
     counts = []
     for rank in range(2):
-        with data.make_eval_loader(layout, batch_size=5, image_size=8, workers=0, rank=rank, world_size=2) as b:
+        with data.make_eval_loader(parquet, batch_size=5, image_size=8, workers=0, rank=rank, world_size=2) as b:
             counts.append(sum(len(y) for _, y in b))
     assert sum(counts) == manifest.splits["val"].rows and min(counts) > 0
 

@@ -220,14 +220,14 @@ def test_sharding_matrix_every_rank_gets_full_batches(tmp_path, row_groups):
     steps_per_epoch full batches (no NoDataAvailableError, no hang) on 1-8 row groups."""
     data = str(tmp_path / "data")
     manifest = write_data_set(data, row_groups)
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
-    assert layout.row_groups == row_groups
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    assert parquet.row_groups == row_groups
     batch = 4
     for world_size in range(1, 5):
-        steps = layout.rows // (batch * world_size)
+        steps = parquet.rows // (batch * world_size)
         for workers in (0, 1, 2) if row_groups in (1, 8) else (0,):
             for rank in range(world_size):
-                with make_loader(layout, workers=workers, rank=rank, world_size=world_size, batch_size=batch,
+                with make_loader(parquet, workers=workers, rank=rank, world_size=world_size, batch_size=batch,
                                  image_size=16, train=True, seed=1) as batches:
                     sizes = [len(labels) for _, labels in (next(batches) for _ in range(steps))]
                 assert sizes == [batch] * steps, (world_size, workers, rank)

@@ -94,11 +94,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def broadcast_object(obj, src: int = 0):
     """Send a picklable object from ``src`` to every rank; returns it everywhere."""
     if not (dist.is_available() and dist.is_initialized()):

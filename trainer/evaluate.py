@@ -70,7 +70,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     check_classes(state, manifest, checkpoint, data)
     if manifest.split(split).rows == 0:
         raise UserError(f"split {split!r} of {data} is empty")
-    layout = open_split(data, split, manifest)
+    parquet = open_split(data, split, manifest)
     trained = state[ck.CONFIG]
     batch_size = batch_size or trained["batch_size"]
     image_size = image_size or trained["image_size"]
@@ -82,7 +82,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     def prepare(images: torch.Tensor, labels: torch.Tensor):
         return normalize(images, dist.device, channels_last=cuda), labels.to(dist.device, non_blocking=True)
 
-    with make_eval_loader(layout, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
+    with make_eval_loader(parquet, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
                           batch_size=batch_size, image_size=image_size) as batches:
         sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
                         partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
-from data.loader import SplitLayout, model_input
+from data.loader import ParquetSplit, model_input
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -59,8 +59,8 @@ class Job:
     cfg: TrainConfig
     dist: DistInfo
     manifest: Manifest
-    train: SplitLayout
-    val: SplitLayout | None
+    train: ParquetSplit
+    val: ParquetSplit | None
     steps_per_epoch: int
     model: nn.Module          # the DDP-wrapped model (or the model itself in a world of one)
     model_without_ddp: nn.Module
@@ -86,16 +86,16 @@ class Job:
     def autocast(self):
         return autocast_context(self.dist.device, self.autocast_dtype)
 
-    def loader(self, layout: SplitLayout, train: bool, epoch: int = 0, skip: int = 0):
+    def loader(self, parquet: ParquetSplit, train: bool, epoch: int = 0, skip: int = 0):
         """The public :func:`data.make_train_loader` (``steps_per_epoch`` batches from step
         ``skip`` of ``epoch``) or :func:`data.make_eval_loader`, for this rank."""
         common = dict(workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda", rank=self.dist.rank,
                       world_size=self.dist.world_size, batch_size=self.cfg.batch_size,
                       image_size=self.cfg.image_size, decode=self.cfg.decode)
         if train:
-            return make_train_loader(layout, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
+            return make_train_loader(parquet, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
                                      skip_batches=skip, **common)
-        return make_eval_loader(layout, **common)
+        return make_eval_loader(parquet, **common)
 
     def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
         x = model_input(images, self.cfg.image_size, self.dist.device, channels_last=self.channels_last)

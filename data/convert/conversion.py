@@ -17,8 +17,7 @@ from data.convert.layouts import LAYOUTS
 from data.convert.splits import DEFAULT_SPLIT, Fractions, parse_split
 from data.convert.staging import check_out, staged_folder
 from data.errors import storage_errors
-from data.manifest import REJECTED as REJECTED_CSV
-from data.manifest import Manifest
+from data.manifest import REJECTED_CSV, Manifest
 from data.settings import check_settings, setting
 from data.spark import ARROW_BATCH_CONF, parse_conf, spark_session
 
@@ -78,7 +77,7 @@ def convert(images: str, out: str, *, spark=None, **options: Any) -> Manifest:
     ``spark``: the SparkSession to use (default: the active one, if any); it is left
     running, and ``spark_conf`` (runtime settings only) is applied for the duration and
     restored. Without one, a session is built on ``master`` with ``spark_conf`` and
-    stopped at the end. ``files_per_split`` / ``row_group_mb`` force the Parquet layout
+    stopped at the end. ``files_per_split`` / ``row_group_mb`` force the files and row groups
     (default: automatic, see :mod:`data.convert.row_groups`).
     Raises UserError for bad options, a missing or empty input, or a non-empty ``out``.
     """

@@ -14,11 +14,10 @@ from data.convert import layouts
 from data.convert.images import EMPTY_FILE
 from data.convert.progress import spark_progress
 from data.convert.row_groups import RowGroupPlan, plan_split, read_footers
-from data.convert.rows import DECODED_SCHEMA, KEPT, REJECTED, SKIPPED, SPLIT_NAMES, decode_batches
-from data.convert.splits import Fractions, renormalise_without_test, split_counts
+from data.convert.rows import DECODED_SCHEMA, KEPT, REJECTED, SKIPPED, decode_batches
+from data.convert.splits import SPLIT_NAMES, Fractions, renormalise_without_test, split_counts
 from data.errors import UserError
-from data.manifest import REJECTED as REJECTED_CSV
-from data.manifest import Manifest, SplitInfo
+from data.manifest import REJECTED_CSV, Manifest, SplitInfo
 
 OUTPUT_COLUMNS = ("image", "label", "path", "width", "height")
 EDGE_TYPE = "struct<key:string,relpath:string>"
