@@ -20,7 +20,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from bench.run import RESIZED_SIDE
+from bench.options import RESIZED_SIDE
 from data.convert.images import to_rgb_jpeg
 from data.manifest import Manifest
 from data.synthetic import make_image
