@@ -14,7 +14,7 @@ from data.lazy import lazy_exports
 
 _EXPORTS = {
     "Batches": "data.loader",
-    "SplitLayout": "data.loader",
+    "ParquetSplit": "data.loader",
     "normalize": "data.loader",
     "decode_on_device": "data.gpu_decode",
     "Manifest": "data.manifest",
@@ -30,7 +30,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from data.errors import UserError
     from data.gpu_decode import decode_on_device
-    from data.loader import Batches, SplitLayout, normalize
+    from data.loader import Batches, ParquetSplit, normalize
     from data.manifest import Manifest
     from data.rank_loaders import (TrainBatches, make_eval_loader, make_train_loader, open_split,
                                    train_steps_per_epoch)

@@ -12,7 +12,7 @@ within one grey level of the CPU path's batch wherever that path decodes at full
 (crops smaller than twice the output; larger ones it decodes in Pillow's draft mode).
 On CUDA (tested on an H200) nvJPEG's pixels differ from libjpeg-turbo's by 3-4 grey
 levels on average. Decoding runs inside the training step, in series with it: on the
-H200, ResNet-50 trained at 0.59x its synthetic-input rate this way (README, Performance).
+H200, ResNet-50 trained at 0.59x its synthetic-input rate this way (bench/README.md).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ where ``k`` global shards share one Petastorm shard, each keeps every k-th row o
 row group it reads, from an offset fixed by the row group's first path (so the split
 does not depend on the order row groups arrive in). The shards are then disjoint, cover
 every row and differ in size by at most one row per row group: eval reads each image
-exactly once across all ranks and workers, whatever the row-group layout, and a train
+exactly once across all ranks and workers, however the rows are grouped, and a train
 shard is empty only when its row groups hold fewer rows than the ``k`` sharing them.
 
 Train streams are infinite: the trainer takes a fixed number of batches per epoch, so
@@ -98,13 +98,15 @@ def shard_plan(global_shard: int, total_shards: int, row_groups: int) -> ShardPl
 
 
 @dataclass(frozen=True)
-class SplitLayout:
+class ParquetSplit:
+    """A checked split: the Parquet folder's URL, its rows and its row groups."""
+
     url: str
     rows: int
     row_groups: int
 
 
-def inspect_split(url: str, num_classes: int) -> SplitLayout:
+def inspect_split(url: str, num_classes: int) -> ParquetSplit:
     """Check a split's schema and labels before training; one plain line if anything is off."""
     import pyarrow.dataset as ds
     import pyarrow.compute as pc
@@ -126,7 +128,7 @@ def inspect_split(url: str, num_classes: int) -> SplitLayout:
         lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
         if lo is None or lo < 0 or hi >= num_classes:
             raise UserError(f"{url} has labels in [{lo}, {hi}] but the manifest has {num_classes} classes")
-    return SplitLayout(url, rows, row_groups)
+    return ParquetSplit(url, rows, row_groups)
 
 
 def _worker() -> tuple[int, int]:
@@ -137,12 +139,12 @@ def _worker() -> tuple[int, int]:
 class ParquetImages(IterableDataset):
     """One (rank, worker) shard of a split, yielding decoded batches. See module docstring."""
 
-    def __init__(self, layout: SplitLayout, *, rank: int, world_size: int, batch_size: int,
+    def __init__(self, parquet: ParquetSplit, *, rank: int, world_size: int, batch_size: int,
                  image_size: int, train: bool, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
                  shuffle_rows: int = DEFAULT_SHUFFLE_ROWS, decode: str = "cpu"):
         if decode not in DECODE_MODES:
             raise UserError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
-        self.layout, self.rank, self.world_size, self.decode = layout, rank, world_size, decode
+        self.parquet, self.rank, self.world_size, self.decode = parquet, rank, world_size, decode
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
         self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
@@ -152,7 +154,7 @@ class ParquetImages(IterableDataset):
 
         seed = int(np.random.SeedSequence([self.seed, self.epoch, pass_]).generate_state(1)[0]) if self.train else None
         return make_batch_reader(
-            self.layout.url, schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
+            self.parquet.url, schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
             shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count)
 
     def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -168,7 +170,7 @@ class ParquetImages(IterableDataset):
                         rows += len(labels)
                         yield images, labels.astype(np.int64)
             if self.train and not rows:  # a whole pass gave nothing: it would spin forever
-                raise UserError(f"{self.layout.url} has too few rows for {self.world_size} rank(s) "
+                raise UserError(f"{self.parquet.url} has too few rows for {self.world_size} rank(s) "
                                 "x loader workers: use fewer --workers or ranks, or more data")
 
     def _batches(self, plan: ShardPlan, shard: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -197,7 +199,7 @@ class ParquetImages(IterableDataset):
         # p = skip_batches, so worker w plays the part of worker (w + skip_batches) % workers.
         role = (worker + self.skip_batches) % workers
         shard = self.rank * workers + role
-        plan = shard_plan(shard, self.world_size * workers, self.layout.row_groups)
+        plan = shard_plan(shard, self.world_size * workers, self.parquet.row_groups)
         skip = len(range(role, self.skip_batches, workers))
         for b, (raw, labels) in enumerate(self._batches(plan, shard)):
             if b < skip:
@@ -312,9 +314,9 @@ class Batches:
 
 
 @contextlib.contextmanager
-def make_loader(layout: SplitLayout, *, workers: int = 2, pin_memory: bool = False, **kwargs) -> Iterator[Batches]:
-    """Context manager yielding :class:`Batches` over ``ParquetImages(layout, **kwargs)``."""
-    batches = Batches(ParquetImages(layout, **kwargs), workers, pin_memory)
+def make_loader(parquet: ParquetSplit, *, workers: int = 2, pin_memory: bool = False, **kwargs) -> Iterator[Batches]:
+    """Context manager yielding :class:`Batches` over ``ParquetImages(parquet, **kwargs)``."""
+    batches = Batches(ParquetImages(parquet, **kwargs), workers, pin_memory)
     try:
         yield batches
     finally:
@@ -340,7 +342,7 @@ def normalize(images: torch.Tensor, device: torch.device, dtype: torch.dtype = t
 
 @functools.lru_cache(maxsize=16)
 def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """MEAN and STD (x 255) on ``device``, made once per device. Made per batch, each was a
-    copy from pageable memory, which waits for all queued GPU work: the CPU could not run
-    ahead of the GPU, and every CUDA training step stalled."""
+    """MEAN and STD (x 255) on ``device``, made once per device: a tensor made from Python
+    values is a copy from pageable memory, which waits for all queued GPU work, so making
+    them per batch would stop the CPU from running ahead of the GPU."""
     return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1) * 255 for v in (MEAN, STD))

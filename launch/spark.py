@@ -24,6 +24,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from data.errors import UserError, cli
+from data.spark import parse_conf, spark_session
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
@@ -114,15 +115,17 @@ def run(trainer_args: list[str], num_processes: int = 1, local_mode: bool = True
     ``spark.driver.resource.gpu.amount``, cluster: ``spark.task.resource.gpu.amount``);
     in local mode a driver whose GPUs Spark does not know about still trains on them.
     True insists (one clear error if Spark has none), False trains on CPU.
-    ``spark``: the session to use (default: the active one, else a new ``local[*]``).
+    ``spark``: the session to use (default: the active one, else a new ``local[*]``,
+    stopped at the end).
     """
     if num_processes < 1:
         raise UserError("num_processes must be >= 1")
     cfg = trainer_config(trainer_args)
-    if spark is None:
-        from pyspark.sql import SparkSession
+    with spark_session(spark) as session:
+        return _distribute(cfg, session, num_processes, local_mode, use_gpu)
 
-        spark = SparkSession.getActiveSession() or start_spark("local[*]")
+
+def _distribute(cfg: "TrainConfig", spark, num_processes: int, local_mode: bool, use_gpu: bool | None) -> dict:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     has_gpus = spark_gpus(spark, local_mode)
@@ -139,13 +142,6 @@ def run(trainer_args: list[str], num_processes: int = 1, local_mode: bool = True
     if not isinstance(summary, dict):
         raise RuntimeError(f"TorchDistributor returned {summary!r} instead of rank 0's summary")
     return summary
-
-
-def start_spark(master: str, conf: dict[str, str] | None = None):
-    """A SparkSession on ``master``; a local master's tasks run this interpreter (its venv)."""
-    from data.spark import get_spark
-
-    return get_spark(master, conf)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI: start Spark, run :func:`run`, print the summary as JSON."""
-    from data.spark import parse_conf
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
         cut = argv.index("--")
@@ -178,12 +172,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not trainer_args:
         raise UserError("no trainer arguments: add `-- --data DATA --out RUN_DIR ...`")
     trainer_config(trainer_args)  # fail on a typo before starting Spark
-    spark = start_spark(args.master or f"local[{max(args.num_processes, 1)}]", parse_conf(args.spark_conf))
-    try:
+    master = args.master or f"local[{max(args.num_processes, 1)}]"
+    with spark_session(master=master, conf=parse_conf(args.spark_conf)) as spark:
         summary = run(trainer_args, args.num_processes, local_mode=not args.cluster,
                       use_gpu=args.use_gpu, spark=spark)
-    finally:
-        spark.stop()
     print(json.dumps(summary, indent=2))
     return summary
 

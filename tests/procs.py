@@ -1,12 +1,21 @@
-"""Start trainer processes for tests and scripts, and end them if they hang."""
+"""Run the project's programs as real processes for tests and scripts, and end them if they hang.
+
+``start``/``finish`` serve scripts too (``tests/fault_suite.py``: ``finish`` returns None
+on a hang); ``run``/``completed`` fail the calling test instead, and ``ok``,
+``one_error_line`` and ``summary_of`` check what a finished process left behind.
+"""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300  # seconds before a trainer process counts as hung
 
 
 def start(module: str, *args: str, nproc: int = 1, restarts: int | None = None) -> subprocess.Popen:
@@ -30,3 +39,36 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
         proc.communicate()
         return None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def completed(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """:func:`finish` in a test: a hang fails the test."""
+    result = finish(proc, timeout)
+    if result is None:
+        pytest.fail(f"no exit after {timeout} s (a hang?): {' '.join(proc.args)}")
+    return result
+
+
+def run(module: str, *args: str, nproc: int = 1, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``python -m module`` (nproc 1) or ``torchrun --nproc-per-node nproc -m module``; a hang fails the test."""
+    return completed(start(module, *args, nproc=nproc), timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Assert exit 0, showing the output tails otherwise."""
+    assert result.returncode == 0, f"{' '.join(result.args)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """Assert exit 2 with a single ``error: ...`` line on stderr and no traceback; return it."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def summary_of(out: str) -> dict:
+    """The ``summary.json`` a training run wrote into ``out``."""
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)

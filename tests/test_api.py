@@ -14,8 +14,7 @@ import torch
 
 import data
 import trainer
-from tests.converted import seven_groups  # noqa: F401 (fixture)
-from tests.test_train import ROOT, ok, run
+from tests.procs import ROOT, ok, run
 
 BATCH = 8
 STEPS_PER_EPOCH = 84 // (BATCH * 2)  # train rows // (batch x ranks)
@@ -36,8 +35,9 @@ def test_public_names_import_from_the_package_roots_and_are_what_the_trainer_use
     assert (trainer.train.make_train_loader, trainer.train.make_eval_loader, trainer.evaluate.make_eval_loader) == \
         (make_train_loader, make_eval_loader, make_eval_loader)
     assert (trainer.train.open_split, trainer.train.train_steps_per_epoch) == (open_split, train_steps_per_epoch)
-    assert (trainer.train.compute_init, trainer.train.make_tracker, trainer.train.ClassificationSums) == \
-        (compute_init, make_tracker, ClassificationSums)
+    assert (trainer.train.compute_init, trainer.train.make_tracker) == (compute_init, make_tracker)
+    assert trainer.train.evaluate is trainer.evaluate.evaluate  # one scoring loop, summing ClassificationSums
+    assert trainer.train.evaluate.__module__ == ClassificationSums.__module__
     assert trainer.train.ck.save_checkpoint is save_checkpoint
     assert trainer.train.ck.find_latest_checkpoint is find_latest_checkpoint
     with pytest.raises(AttributeError):
@@ -47,6 +47,17 @@ def test_public_names_import_from_the_package_roots_and_are_what_the_trainer_use
 def test_package_roots_import_without_torch():
     # `python -m data.convert` imports data/__init__ first: it must not pay for torch.
     code = "import sys, data, trainer; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("imported,forbidden", [
+    ("data, data.convert.cli, data.convert.job, data.loader, data.rank_loaders, data.gpu_decode, data.synthetic",
+     ("trainer", "bench", "launch")),        # data/ is the bottom layer
+    ("trainer.evaluate, trainer.predict", ("trainer.train", "bench", "launch")),  # scoring needs no training program
+])
+def test_dependencies_point_one_way(imported, forbidden):
+    code = (f"import sys, {imported}; bad = sorted(m for m in sys.modules if m.startswith({forbidden!r})); "
+            "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -82,10 +93,10 @@ def test_train_loader_gives_exactly_steps_per_epoch_batches(seven_groups):
 
 def test_eval_loader_reads_each_image_once_across_ranks(seven_groups):
     data_dir, manifest = seven_groups
-    layout = data.open_split(data_dir, "val")
+    parquet = data.open_split(data_dir, "val")
     counts = []
     for rank in range(2):
-        with data.make_eval_loader(layout, batch_size=5, image_size=8, workers=0, rank=rank, world_size=2) as b:
+        with data.make_eval_loader(parquet, batch_size=5, image_size=8, workers=0, rank=rank, world_size=2) as b:
             counts.append(sum(len(y) for _, y in b))
     assert sum(counts) == manifest.splits["val"].rows and min(counts) > 0
 

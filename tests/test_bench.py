@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from data import bench
+from bench.run import main, parse_args, run
 from data.synthetic import generate
 
-CPU_PATHS = ("raw_files", "seed_petastorm", "project", "project_resized", "decode_ceiling", "decode_ceiling_project")
+CPU_PATHS = ("raw_files", "petastorm_converter", "project", "project_resized", "decode_ceiling", "decode_ceiling_project")
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,10 @@ def result(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     images = os.path.join(root, "images")
     generate(images, classes=3, per_class=8, width=96, height=72, seed=1, progress=False)
-    args = bench.parse_args(["--images", images, "--out-json", str(root / "bench.json"), "--seconds", "0.3",
+    args = parse_args(["--images", images, "--out-json", str(root / "bench.json"), "--seconds", "0.3",
                              "--rounds", "1", "--batch-size", "4", "--image-size", "32", "--workers", "1",
                              "--train-step", "--model", "resnet18"])
-    bench.run(args, spark=spark)
+    run(args, spark=spark)
     with open(root / "bench.json") as f:
         return json.load(f), root
 
@@ -54,7 +54,7 @@ def test_conversion_speeds_chart_and_train_steps_are_reported(result):
     assert os.path.isfile(res["chart"]) and res["chart"] == str(root / "bench.png")
     assert res["diagnostics"]["petastorm_reader_rows_per_s_one_process"] > 0
     steps = res["train_step"]["paths"]
-    assert {"synthetic", "raw_files", "seed_petastorm", "project", "project_resized"} <= set(steps)
+    assert {"synthetic", "raw_files", "petastorm_converter", "project", "project_resized"} <= set(steps)
     assert steps["synthetic"]["ratio_to_synthetic"] == 1.0
     for name, s in steps.items():
         assert s["images_per_s"] > 0 and 0.0 <= s["data_wait_fraction"] <= 1.0, name
@@ -62,7 +62,7 @@ def test_conversion_speeds_chart_and_train_steps_are_reported(result):
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--images", str(tmp_path / "missing"), "--out-json", str(tmp_path / "x.json")])
+        main(["--images", str(tmp_path / "missing"), "--out-json", str(tmp_path / "x.json")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
 
@@ -73,18 +73,18 @@ def test_given_parquet_sets_need_no_spark(tmp_path, monkeypatch):
     from tests.parquet_sets import write_data_set
 
     def no_spark(*args, **kwargs):
-        raise AssertionError("data.bench started Spark although nothing needed converting")
+        raise AssertionError("the benchmark started Spark although nothing needed converting")
 
-    monkeypatch.setattr(spark_module, "get_spark", no_spark)
+    monkeypatch.setattr(spark_module, "spark_session", no_spark)
     for name in ("data", "data_256"):
         write_data_set(str(tmp_path / name), row_groups=2)
-    args = bench.parse_args(["--images", str(tmp_path), "--data", str(tmp_path / "data"), "--data-resized",
+    args = parse_args(["--images", str(tmp_path), "--data", str(tmp_path / "data"), "--data-resized",
                              str(tmp_path / "data_256"), "--paths", "project,project_resized", "--out-json",
                              str(tmp_path / "out.json"), "--seconds", "0.2", "--rounds", "1", "--batch-size", "4",
                              "--image-size", "16", "--workers", "1"])
-    res = bench.run(args)
+    res = run(args)
     assert set(res["paths"]) == {"project", "project_resized"} and res["conversion"] == {}
     assert all(p["images_per_s"] > 0 for p in res["paths"].values())
     with pytest.raises(AssertionError, match="started Spark"):  # and it does start Spark when it must convert
-        bench.run(bench.parse_args(["--images", str(tmp_path), "--paths", "project", "--out-json",
+        run(parse_args(["--images", str(tmp_path), "--paths", "project", "--out-json",
                                     str(tmp_path / "out2.json")]))

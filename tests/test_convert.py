@@ -12,17 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data.convert import RUNTIME_CONF, convert, runtime_conf
-from data.convert_job import OUTPUT_COLUMNS
+from data.convert import convert
+from data.convert.conversion import RUNTIME_CONF
+from data.convert.job import OUTPUT_COLUMNS
+from data.convert.layouts import image_glob
+from data.convert.row_groups import parquet_files
+from data.convert.splits import assign, split_counts, split_key
 from data.errors import UserError
-from data.layouts import image_glob
 from data.manifest import Manifest
-from data.parquet_layout import parquet_files
-from data.splits import assign, split_counts, split_key
+from data.spark import runtime_conf
 from data.synthetic import generate
-from tests.test_images import encode, noise, png_header_only
+from tests.procs import ROOT
+from tests.sample_images import encode, noise, png_header_only
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT = (0.7, 0.2, 0.1)
 SEED = 13
 

@@ -23,11 +23,8 @@ import torch
 from data.errors import UserError
 from data.loader import inspect_split, make_loader
 from data.manifest import split_url
-from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
 from tests.parquet_sets import write_data_set
-from tests import procs
-from tests.procs import ROOT, start
-from tests.test_train import TIMEOUT_S, ok, summary_of
+from tests.procs import ROOT, TIMEOUT_S, completed, ok, start, summary_of
 from trainer import checkpoint as ck
 from trainer.train import main as train_main
 
@@ -37,13 +34,6 @@ TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--opt
 
 def torchrun(*args: str, nproc: int = 2, restarts: int = 0) -> subprocess.Popen:
     return start("trainer.train", *args, nproc=nproc, restarts=restarts)
-
-
-def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    result = procs.finish(proc, timeout)
-    if result is None:
-        pytest.fail(f"no exit after {timeout} s (a hang): {' '.join(proc.args)}")
-    return result
 
 
 def rank_processes(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -65,12 +55,12 @@ def test_killed_rank_restarts_from_last_checkpoint_and_ends_like_an_uninterrupte
     data = seven_groups[0]
     args = [*TINY, "--data", data, "--epochs", "3", "--ckpt-every", "3", "--workers", "1"]
     plain = str(tmp_path / "plain")
-    ok(finish(torchrun(*args, "--out", plain)))
+    ok(completed(torchrun(*args, "--out", plain)))
     faulty = str(tmp_path / "faulty")
     proc = torchrun(*args, "--out", faulty, "--resume", "auto", restarts=2)
     wait_for(os.path.join(faulty, "checkpoints", "last.pt"), proc)
     rank_processes(proc)[-1].send_signal(signal.SIGKILL)
-    result = ok(finish(proc))
+    result = ok(completed(proc))
     assert "resuming from" in result.stdout
     expected, got = summary_of(plain), summary_of(faulty)
     assert got["steps"] == expected["steps"] == 3 * (84 // 8)
@@ -94,7 +84,7 @@ def test_a_hung_rank_is_named_and_the_job_ends(seven_groups, tmp_path):
     hung = rank_processes(proc)[-1]
     hung.send_signal(signal.SIGSTOP)
     try:
-        result = finish(proc, timeout=180)
+        result = completed(proc, timeout=180)
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             hung.kill()
@@ -234,14 +224,14 @@ def test_sharding_matrix_every_rank_gets_full_batches(tmp_path, row_groups):
     steps_per_epoch full batches (no NoDataAvailableError, no hang) on 1-8 row groups."""
     data = str(tmp_path / "data")
     manifest = write_data_set(data, row_groups)
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
-    assert layout.row_groups == row_groups
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    assert parquet.row_groups == row_groups
     batch = 4
     for world_size in range(1, 5):
-        steps = layout.rows // (batch * world_size)
+        steps = parquet.rows // (batch * world_size)
         for workers in (0, 1, 2) if row_groups in (1, 8) else (0,):
             for rank in range(world_size):
-                with make_loader(layout, workers=workers, rank=rank, world_size=world_size, batch_size=batch,
+                with make_loader(parquet, workers=workers, rank=rank, world_size=world_size, batch_size=batch,
                                  image_size=16, train=True, seed=1) as batches:
                     sizes = [len(labels) for _, labels in (next(batches) for _ in range(steps))]
                 assert sizes == [batch] * steps, (world_size, workers, rank)
@@ -249,6 +239,6 @@ def test_sharding_matrix_every_rank_gets_full_batches(tmp_path, row_groups):
 
 def test_three_ranks_with_two_workers_on_one_row_group_take_equal_steps(one_group, tmp_path):
     out = str(tmp_path / "run")
-    ok(finish(torchrun(*TINY, "--data", one_group[0], "--out", out, "--epochs", "1", "--steps-per-epoch", "3",
+    ok(completed(torchrun(*TINY, "--data", one_group[0], "--out", out, "--epochs", "1", "--steps-per-epoch", "3",
                        "--workers", "2", nproc=3)))
     assert summary_of(out)["rank_steps"] == [3, 3, 3]

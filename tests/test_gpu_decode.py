@@ -44,10 +44,10 @@ def dataset(tmp_path_factory):
 @pytest.mark.parametrize("split,train,skip", [("train", True, 0), ("train", True, 3), ("val", False, 0)])
 def test_gpu_mode_batches_decode_to_the_cpu_batches(dataset, split, train, skip, device, max_diff, mean_diff):
     data, manifest = dataset
-    layout = inspect_split(split_url(data, split), manifest.num_classes)
+    parquet = inspect_split(split_url(data, split), manifest.num_classes)
     kw = dict(workers=2, rank=0, world_size=1, batch_size=5, image_size=SIZE, train=train, seed=4, epoch=1,
               skip_batches=skip)
-    with make_loader(layout, **kw) as cpu, make_loader(layout, decode="gpu", **kw) as gpu:
+    with make_loader(parquet, **kw) as cpu, make_loader(parquet, decode="gpu", **kw) as gpu:
         pairs = list(itertools.islice(zip(cpu, gpu), 6))
     assert pairs
     for (images, labels), (jpegs, gpu_labels) in pairs:

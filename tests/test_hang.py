@@ -10,12 +10,10 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from data import make_eval_loader, make_train_loader
 from data.loader import live_workers
 from tests import soak
-from tests.converted import seven_groups  # noqa: F401 (fixture)
 from tests.procs import ROOT, finish, start
 
 TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002",

@@ -19,8 +19,8 @@ from data.errors import UserError
 from data.manifest import Manifest, SplitInfo
 from data.synthetic import make_image
 from launch import spark as launch_spark
+from tests.procs import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN_SH = os.path.join(ROOT, "launch", "torchrun.sh")
 CLASSES = 3
 TRAIN_ROWS, VAL_ROWS = 96, 30
@@ -50,7 +50,7 @@ def _write_split(folder: str, rows: int, files: int, rng: np.random.Generator) -
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    """A converted-layout data set (Parquet splits + manifest), written with pyarrow directly."""
+    """A data set as data.convert writes it (Parquet splits + manifest), written with pyarrow directly."""
     out = str(tmp_path_factory.mktemp("launch_data"))
     rng = np.random.default_rng(0)
     splits = {"train": _write_split(os.path.join(out, "train"), TRAIN_ROWS, 3, rng),
@@ -162,8 +162,8 @@ def test_manifest_and_split_read_from_file_url(dataset):
 
     url = "file://" + dataset
     assert Manifest.load(url).to_dict() == Manifest.load(dataset).to_dict()
-    layout = inspect_split(split_url(url, "train"), CLASSES)
-    assert (layout.rows, layout.row_groups) == (TRAIN_ROWS, TRAIN_ROWS // 8)
+    parquet = inspect_split(split_url(url, "train"), CLASSES)
+    assert (parquet.rows, parquet.row_groups) == (TRAIN_ROWS, TRAIN_ROWS // 8)
     assert arrow_url("s3a://bucket/x") == "s3://bucket/x" and arrow_url("hdfs://nn/x") == "hdfs://nn/x"
 
 

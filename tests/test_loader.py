@@ -14,14 +14,13 @@ import torch
 
 from data.loader import inspect_split, make_loader, shard_plan
 from data.manifest import split_url
-from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
 
 
-def eval_images(layout, world_size: int, workers: int) -> list[tuple[int, str]]:
+def eval_images(parquet, world_size: int, workers: int) -> list[tuple[int, str]]:
     """(label, digest of the decoded pixels) of every image all ranks' eval loaders yield."""
     seen = []
     for rank in range(world_size):
-        with make_loader(layout, workers=workers, rank=rank, world_size=world_size, batch_size=5,
+        with make_loader(parquet, workers=workers, rank=rank, world_size=world_size, batch_size=5,
                          image_size=16, train=False) as batches:
             for images, labels in batches:
                 seen += [(int(y), hashlib.sha1(x.numpy().tobytes()).hexdigest()) for x, y in zip(images, labels)]
@@ -31,14 +30,14 @@ def eval_images(layout, world_size: int, workers: int) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("dataset", ["one_group", "seven_groups"])
 def test_eval_reads_every_image_exactly_once_for_any_ranks_and_workers(dataset, request):
     data, manifest = request.getfixturevalue(dataset)
-    layout = inspect_split(split_url(data, "val"), manifest.num_classes)
-    reference = sorted(eval_images(layout, 1, 0))
+    parquet = inspect_split(split_url(data, "val"), manifest.num_classes)
+    reference = sorted(eval_images(parquet, 1, 0))
     assert len(reference) == manifest.splits["val"].rows
     assert len({digest for _, digest in reference}) == len(reference)  # distinct images: duplicates would show
     assert [sum(1 for y, _ in reference if y == k) for k in range(manifest.num_classes)] == \
         manifest.splits["val"].per_class
     for world_size, workers in itertools.product(range(1, 5), range(3)):
-        assert sorted(eval_images(layout, world_size, workers)) == reference, (world_size, workers)
+        assert sorted(eval_images(parquet, world_size, workers)) == reference, (world_size, workers)
 
 
 def test_shard_plan_covers_every_row_group_and_row_once():
@@ -62,8 +61,8 @@ def test_shard_plan_spreads_global_shards_evenly():
         assert max(shares) - min(shares) <= 1
 
 
-def take(layout, n: int, skip: int = 0, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    with make_loader(layout, batch_size=4, image_size=8, train=True, seed=5, epoch=1, skip_batches=skip,
+def take(parquet, n: int, skip: int = 0, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    with make_loader(parquet, batch_size=4, image_size=8, train=True, seed=5, epoch=1, skip_batches=skip,
                      shuffle_rows=16, **kwargs) as batches:
         return list(itertools.islice(batches, n))
 
@@ -74,9 +73,9 @@ def same(a, b) -> bool:
 
 def test_train_stream_never_runs_dry_with_more_shards_than_row_groups(one_group):
     data, manifest = one_group
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
     for rank in range(4):  # 4 ranks x 2 workers = 8 shards of 1 row group
-        batches = take(layout, 30, workers=2, rank=rank, world_size=4)  # ~5 passes over a ~10-row shard
+        batches = take(parquet, 30, workers=2, rank=rank, world_size=4)  # ~5 passes over a ~10-row shard
         assert len(batches) == 30 and all(len(y) == 4 for _, y in batches)
 
 
@@ -84,18 +83,18 @@ def test_train_stream_never_runs_dry_with_more_shards_than_row_groups(one_group)
 def test_train_stream_is_repeatable_and_resumes_mid_epoch(seven_groups, workers):
     """A resumed epoch (skip_batches) sees exactly the batches an uninterrupted one does."""
     data, manifest = seven_groups
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
     kwargs = dict(workers=workers, rank=1, world_size=2)
-    full = take(layout, 16, **kwargs)  # ~42 rows per rank: 16 batches of 4 cross several passes
-    assert same(full, take(layout, 16, **kwargs))
+    full = take(parquet, 16, **kwargs)  # ~42 rows per rank: 16 batches of 4 cross several passes
+    assert same(full, take(parquet, 16, **kwargs))
     for skip in (1, 2, 3):
-        assert same(full[skip:], take(layout, 16 - skip, skip=skip, **kwargs)), skip
+        assert same(full[skip:], take(parquet, 16 - skip, skip=skip, **kwargs)), skip
 
 
 def test_train_ranks_read_different_rows(seven_groups):
     data, manifest = seven_groups
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
-    first = [take(layout, 2, workers=0, rank=r, world_size=2) for r in range(2)]
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    first = [take(parquet, 2, workers=0, rank=r, world_size=2) for r in range(2)]
     assert not same(first[0], first[1])
 
 
@@ -106,11 +105,11 @@ def test_a_worker_shard_without_rows_is_a_one_line_user_error(one_group):
     from data.errors import UserError
 
     data, manifest = one_group
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
     paths = pq.read_table(split_url(data, "train")[len("file://"):], columns=["path"]).column("path").to_pylist()
     world, workers = 50, 2  # 100 shards share the single row group's 84 rows: 16 own none
     empty = next(g for g in range(world * workers) if not shard_plan(g, world * workers, 1).keep(paths).any())
     with pytest.raises(UserError) as caught:
-        take(layout, 4, workers=workers, rank=empty // workers, world_size=world)  # batches of both workers
+        take(parquet, 4, workers=workers, rank=empty // workers, world_size=world)  # batches of both workers
     message = str(caught.value)
     assert "too few rows" in message and "\n" not in message and "Traceback" not in message

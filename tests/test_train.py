@@ -20,46 +20,17 @@ from PIL import Image
 from data.errors import UserError
 from data.manifest import Manifest
 from data.synthetic import make_image
-from tests.converted import one_group, seven_groups  # noqa: F401 (fixtures)
-from tests.procs import ROOT, finish, start
+from tests.procs import ROOT, TIMEOUT_S, ok, one_error_line, run, summary_of
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig
 from trainer.model import model_from_checkpoint
 
-TIMEOUT_S = 300
 TRAIN = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.002",
          "--workers", "2", "--seed", "1", "--log-every", "1", "--no-progress", "--dist-timeout", "60"]
 EPOCHS = 2
 REFERENCE = TRAIN + ["--epochs", str(EPOCHS), "--ckpt-every", "3"]
 STEPS_PER_EPOCH = 84 // (8 * 2)  # train rows // (batch x ranks)
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
-
-
-def run(module: str, *args: str, nproc: int = 1, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """``python -m module`` (nproc 1) or ``torchrun --nproc-per-node nproc -m module``; kills it on timeout."""
-    proc = start(module, *args, nproc=nproc)
-    result = finish(proc, timeout)
-    if result is None:
-        pytest.fail(f"no result after {timeout} s (a hang?): {' '.join(proc.args)}")
-    return result
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"{' '.join(result.args)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """Assert exit 2 with a single ``error: ...`` line on stderr and no traceback; return it."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def summary_of(out: str) -> dict:
-    with open(os.path.join(out, "summary.json")) as f:
-        return json.load(f)
 
 
 def train(data: str, out: str, *args: str, nproc: int = 2) -> dict:

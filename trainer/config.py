@@ -1,4 +1,9 @@
-"""The training configuration: one typed dataclass, validated on construction."""
+"""The training configuration: one typed dataclass, each setting declared once.
+
+Every field declares its type, default, help and allowed values (:func:`data.settings.setting`);
+the command line (:func:`build_parser`) and the checks in ``__post_init__`` derive from
+those declarations, and a test holds the README's option table to them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,66 +11,74 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from data.errors import UserError
+from data.settings import build_parser as settings_parser
+from data.settings import check_settings, setting
+
+PROG = "torchrun --nproc-per-node N -m trainer.train"
+DESCRIPTION = "Train a torchvision classifier with DDP on Parquet splits made by data.convert."
 
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str
-    model: str = "resnet50"
-    weights: str | None = None
-    weights_path: str | None = None
-    image_size: int = 224
-    epochs: int = 10
-    steps_per_epoch: int | None = None  # default: train rows // (batch_size * world_size)
-    batch_size: int = 64  # per rank
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    workers: int = 2  # loader worker processes per rank
-    seed: int = 0
-    val_every: int | None = None  # steps; default once per epoch
-    ckpt_every: int | None = None  # steps; last.pt is also written every epoch
-    resume: str | None = None  # "auto" or a checkpoint path
-    stop_after_steps: int | None = None  # end early (writing last.pt) as if preempted; the schedule is unchanged
-    experiment: str = "sparkdp"
-    log_every: int = 10
-    decode: str = "cpu"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    progress: bool = True
-    dist_timeout: float = 600.0  # seconds a collective may wait for a missing rank
-    stacks_after: float | None = None  # seconds without progress before each rank dumps its stacks
-
+    data: str = setting(metavar="DIR", help="folder written by `python -m data.convert` (local path or URL)")
+    out: str = setting(metavar="DIR", help="run folder: checkpoints/, summary.json, the MLflow store")
+    model: str = setting("resnet50", metavar="NAME",
+                         help="any torchvision classification model (resnet18, efficientnet_b0, convnext_tiny, "
+                              "vit_b_16, ...)")
+    weights: str | None = setting(None, metavar="NAME",
+                                  help="start from torchvision weights, e.g. IMAGENET1K_V2 (read from the local "
+                                       "torch cache only, never downloaded); the head is fresh")
+    weights_path: str | None = setting(None, metavar="FILE",
+                                       help="start from a state_dict file; the head is fresh if its size differs")
+    image_size: int = setting(224, minimum=1, metavar="N", help="training crop / eval crop size")
+    epochs: int = setting(10, minimum=1, metavar="N", help="epochs of --steps-per-epoch steps")
+    steps_per_epoch: int | None = setting(None, minimum=1, metavar="N", doc="train rows // (batch x ranks)",
+                                          help="optimizer steps per epoch, identical on every rank")
+    batch_size: int = setting(64, minimum=1, metavar="N",
+                              help="per rank; the global batch is this x the number of ranks")
+    lr: float = setting(0.1, above=0, metavar="LR", help="peak learning rate (after warm-up)")
+    optimizer: str = setting("sgd", choices=("sgd", "adamw"),
+                             help="SGD uses Nesterov momentum; no weight decay on biases and norm weights")
+    momentum: float = setting(0.9, metavar="M", help="SGD momentum")
+    weight_decay: float = setting(1e-4, metavar="W", help="weight decay (not on biases and norm weights)")
+    warmup_steps: int = setting(0, minimum=0, metavar="N",
+                                help="linear warm-up, then cosine decay to 0 at the last step (the LR changes "
+                                     "every step)")
+    label_smoothing: float = setting(0.0, minimum=0, below=1, metavar="S", help="cross-entropy label smoothing")
+    grad_clip: float | None = setting(None, metavar="NORM", help="clip the global gradient norm to this")
+    workers: int = setting(2, minimum=0, metavar="N",
+                           help="loader processes per rank (decode and augmentation run there)")
+    seed: int = setting(0, metavar="N", help="weights, data order and augmentation")
+    val_every: int | None = setting(None, minimum=1, metavar="N", doc="each epoch",
+                                    help="validate every N steps instead of at each epoch's end")
+    ckpt_every: int | None = setting(None, minimum=1, metavar="N", help="also write last.pt every N steps")
+    resume: str | None = setting(None, metavar="auto|FILE",
+                                 help="'auto' (RUN_DIR/checkpoints/last.pt if present, else start fresh) or a "
+                                      "checkpoint path")
+    stop_after_steps: int | None = setting(None, minimum=1, metavar="N",
+                                           help="stop once N steps in all are done, writing last.pt (LR schedule "
+                                                "unchanged): a time-boxed slice of a longer run, continued later "
+                                                "with --resume auto")
+    experiment: str = setting("sparkdp", metavar="NAME", help="MLflow experiment name")
+    log_every: int = setting(10, minimum=1, metavar="N", help="steps between MLflow train metrics")
+    decode: str = setting("cpu", choices=("cpu", "gpu"),
+                          help="decode JPEGs in the loader workers (cpu) or batched on the GPU (gpu)")
+    precision: str = setting("auto", choices=("auto", "bf16", "fp32"),
+                             help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    progress: bool = setting(True, help="no tqdm bar (rank 0 is the only one that shows one anyway)")
+    dist_timeout: float = setting(600.0, metavar="S",
+                                  help="seconds a collective waits for a dead or stuck rank before failing "
+                                       "instead of hanging")
+    stacks_after: float | None = setting(None, above=0, metavar="S", doc="--dist-timeout / 4",
+                                         help="a rank with no progress for S seconds writes the Python stacks of "
+                                              "its threads and loader workers to RUN/stacks/ (the run goes on)")
 
     def __post_init__(self) -> None:
-        positive = ["image_size", "epochs", "batch_size", "log_every"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("steps_per_epoch", "val_every", "ckpt_every", "stop_after_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.lr <= 0:
-            raise UserError("--lr must be > 0")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise UserError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
-        if self.decode not in ("cpu", "gpu"):
-            raise UserError(f"--decode must be cpu or gpu, not {self.decode!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}")
-        if self.workers < 0 or self.warmup_steps < 0:
-            raise UserError("--workers and --warmup-steps must be >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError("--label-smoothing must be in [0, 1)")
+        check_settings(self)
         if self.stacks_after is None:
             self.stacks_after = self.dist_timeout / 4
-        if not 0 < self.stacks_after < self.dist_timeout:
-            raise UserError("--stacks-after must be > 0 and less than --dist-timeout")
+        if self.stacks_after >= self.dist_timeout:
+            raise UserError("--stacks-after must be less than --dist-timeout")
         if self.weights and self.weights_path:
             raise UserError("give --weights or --weights-path, not both")
         if self.weights_path and not os.path.isfile(self.weights_path):
@@ -81,45 +94,7 @@ class TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="torchrun --nproc-per-node N -m trainer.train",
-        description="Train a torchvision classifier with DDP on Parquet splits made by data.convert.")
-    p.add_argument("--data", required=True, help="folder (or URL) written by `python -m data.convert`")
-    p.add_argument("--out", required=True, help="run folder: checkpoints/, summary.json, MLflow store")
-    p.add_argument("--model", default="resnet50", help="any torchvision classification model name")
-    p.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V2 (from the local torch cache)")
-    p.add_argument("--weights-path", help="a state_dict file to start from (head is replaced if sizes differ)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, help="default: train rows // (batch size x world size)")
-    p.add_argument("--batch-size", type=int, default=64, help="per rank (global = this x world size)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (after warm-up)")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes per rank")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-every", type=int, help="validate every N steps (default: each epoch)")
-    p.add_argument("--ckpt-every", type=int, help="also write last.pt every N steps")
-    p.add_argument("--resume", help="'auto' (RUN_DIR/checkpoints/last.pt if present) or a checkpoint path")
-    p.add_argument("--stop-after-steps", type=int,
-                   help="stop once N steps in all are done, writing last.pt (LR schedule unchanged): "
-                        "a time-boxed slice of a longer run, continued later with --resume auto")
-    p.add_argument("--experiment", default="sparkdp", help="MLflow experiment name")
-    p.add_argument("--log-every", type=int, default=10, help="steps between MLflow train metrics")
-    p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
-                   help="decode JPEGs in loader workers (cpu) or batched on the GPU (gpu)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--dist-timeout", type=float, default=600.0,
-                   help="seconds a collective waits for a missing rank before failing")
-    p.add_argument("--stacks-after", type=float,
-                   help="seconds without progress after which every rank writes the Python stacks of its "
-                        "threads and loader workers to RUN/stacks/ (default: --dist-timeout / 4)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return p
+    return settings_parser(TrainConfig, prog=PROG, description=DESCRIPTION)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

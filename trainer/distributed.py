@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT_S = 600.0
+from trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ def compute_init(timeout_s: float | None = None) -> DistInfo:
     """Join the process group (NCCL on CUDA, gloo on CPU) and pick this rank's device.
 
     ``timeout_s`` bounds every collective: if a peer rank dies or hangs, the others fail
-    with an error after that long instead of waiting forever.
+    with an error after that long instead of waiting forever. Default: the environment's
+    SPARKDP_DIST_TIMEOUT, else the trainer's ``--dist-timeout`` default.
     """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -49,7 +50,7 @@ def compute_init(timeout_s: float | None = None) -> DistInfo:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        timeout = timedelta(seconds=timeout_s or float(os.environ.get("SPARKDP_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+        timeout = timedelta(seconds=timeout_s or float(os.environ.get("SPARKDP_DIST_TIMEOUT", TrainConfig.dist_timeout)))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
                                 store=_attempt_store(rank, world_size, timeout), rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
@@ -91,11 +92,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     else:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def broadcast_object(obj, src: int = 0):

@@ -4,8 +4,8 @@ Loss, top-1, top-5, image count, per-class accuracy (by class name) and a
 confusion-matrix PNG; ``--json FILE`` also writes all of it as JSON. Runs as one process
 or under ``torchrun --nproc-per-node N -m trainer.evaluate ...``: each rank reads its own
 share of the split, every image exactly once across ranks, and the sums are reduced, so
-the numbers do not depend on the number of ranks. It reuses the trainer's
-:func:`trainer.train.evaluate` and loaders; only rank 0 prints and writes files.
+the numbers do not depend on the number of ranks. It scores with the trainer's
+:func:`trainer.metrics.evaluate` and loaders; only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from data.rank_loaders import make_eval_loader, open_split
 from trainer import checkpoint as ck
 from trainer.confusion_png import write_confusion_png
 from trainer.distributed import DistInfo, compute_cleanup, compute_init
-from trainer.metrics import ClassificationSums
+from trainer.metrics import ClassificationSums, evaluate
 from trainer.model import model_from_checkpoint, to_device
-from trainer.train import autocast_context, evaluate, precision_dtype
+from trainer.precision import autocast_context, precision_dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     check_classes(state, manifest, checkpoint, data)
     if manifest.split(split).rows == 0:
         raise UserError(f"split {split!r} of {data} is empty")
-    layout = open_split(data, split, manifest)
+    parquet = open_split(data, split, manifest)
     trained = state[ck.CONFIG]
     batch_size = batch_size or trained["batch_size"]
     image_size = image_size or trained["image_size"]
@@ -82,7 +82,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     def prepare(images: torch.Tensor, labels: torch.Tensor):
         return normalize(images, dist.device, channels_last=cuda), labels.to(dist.device, non_blocking=True)
 
-    with make_eval_loader(layout, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
+    with make_eval_loader(parquet, workers=workers, pin_memory=cuda, rank=dist.rank, world_size=dist.world_size,
                           batch_size=batch_size, image_size=image_size) as batches:
         sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
                         partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))

@@ -1,10 +1,15 @@
 """Exact metrics across ranks: every quantity is a sum, reduced once, then divided.
 
 Never an average of per-rank averages: ranks see different numbers of images.
+:func:`evaluate` scores a model into those sums (validation during training and
+``trainer.evaluate`` both use it).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch import nn
 
 from trainer.distributed import all_reduce_sum
 
@@ -52,3 +57,24 @@ class ClassificationSums:
     def per_class_accuracy(self) -> list[float | None]:
         totals = self.confusion.sum(dim=1)
         return [float(self.confusion[i, i]) / float(t) if t else None for i, t in enumerate(totals)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
+             prepare=None, autocast=contextlib.nullcontext) -> ClassificationSums:
+    """Loss/top-1/top-5/confusion over this rank's share, then summed over all ranks.
+
+    ``prepare(images, labels)`` puts a batch on the device as the model takes it (default:
+    ``.to(device)``); ``autocast()`` is the precision context of the forward pass.
+    ``model`` must be the unwrapped model: ranks hold different numbers of batches, and
+    a DDP forward could wait on a collective that a finished rank never joins.
+    """
+    model.eval()
+    sums = ClassificationSums(num_classes)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, labels in batches:
+        x, y = prepare(images, labels) if prepare else (images.to(device), labels.to(device))
+        with autocast():
+            logits = model(x)
+        sums.update(logits, y, float(criterion(logits.float(), y)))
+    return sums.reduce()

@@ -1,7 +1,7 @@
 """Classify image files with a checkpoint: ``python -m trainer.predict --checkpoint FILE IMAGE...``.
 
 The class names come from the checkpoint. Each file goes through the same steps as
-training data: :func:`data.images.normalise` (any format Pillow reads, made an upright
+training data: :func:`data.convert.images.to_rgb_jpeg` (any format Pillow reads, made an upright
 RGB JPEG exactly as ``data.convert`` stores it), then the eval transform
 (:func:`data.transforms.decode_eval`: resize and centre crop to the trained size).
 Prints the top-k classes with softmax probabilities per image.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from data.errors import UserError, cli
-from data.images import BadImage, normalise
+from data.convert.images import BadImage, to_rgb_jpeg
 from data.loader import normalize
 from data.transforms import decode_eval
 from trainer import checkpoint as ck
@@ -38,7 +38,7 @@ def load_image(path: str, size: int) -> np.ndarray:
     """One file as the eval transform's HWC uint8 array; a plain UserError if unusable."""
     try:
         with open(path, "rb") as f:
-            jpeg = normalise(f.read()).jpeg
+            jpeg = to_rgb_jpeg(f.read()).jpeg
     except (OSError, BadImage) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UserError(f"cannot read image {path}: {reason}") from None

@@ -1,13 +1,15 @@
 """The DDP training program: ``torchrun --nproc-per-node N -m trainer.train --data D --out R``.
 
-Shape after torchvision's reference script: :func:`train_one_epoch`, :func:`evaluate`,
-:func:`main`. Every rank runs exactly ``steps_per_epoch`` optimizer steps per epoch from
-an infinite per-rank Petastorm stream; validation reads each image once across ranks
-and reduces sums; rank 0 alone prints, writes checkpoints and talks to MLflow.
+Shape after torchvision's reference script: :func:`build_optimizer`,
+:func:`train_one_epoch`, :func:`validate` (scoring with :func:`trainer.metrics.evaluate`),
+:func:`main`. A run's state is a :class:`Job`: :meth:`Job.state` saves it and
+:meth:`Job.load_state` restores it. Every rank runs exactly ``steps_per_epoch`` optimizer
+steps per epoch from an infinite per-rank Petastorm stream; validation reads each image
+once across ranks and reduces sums; rank 0 alone prints, writes checkpoints and talks to
+MLflow.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
-from data.loader import SplitLayout, model_input, worker_context
+from data.loader import ParquetSplit, model_input, worker_context
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -30,25 +32,12 @@ from trainer.config import TrainConfig, parse_args
 from trainer.peers import StepBeacon
 from trainer.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, compute_cleanup, compute_init,
                                  print0)
-from trainer.metrics import ClassificationSums
+from trainer.metrics import evaluate
 from trainer.model import build_model, to_device
+from trainer.precision import autocast_context, precision_dtype
 from trainer.schedule import warmup_cosine
 from trainer.tracking import NullTracker, make_tracker
 from trainer.watchdog import Watchdog
-
-
-def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a ``--precision`` choice: bf16 (auto means bf16 on CUDA) or None (fp32)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -64,14 +53,15 @@ class Progress:
     wait_s: float = 0.0     # of which waiting for the loader
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Job:
-    """Everything a run holds, built once by :func:`setup`."""
+    """Everything a run holds, built once by :func:`setup` (keywords only); saved by
+    :meth:`state`, restored by :meth:`load_state`."""
     cfg: TrainConfig
     dist: DistInfo
     manifest: Manifest
-    train: SplitLayout
-    val: SplitLayout | None
+    train: ParquetSplit
+    val: ParquetSplit | None
     steps_per_epoch: int
     model: nn.Module          # the DDP-wrapped model (or the model itself in a world of one)
     model_without_ddp: nn.Module
@@ -80,11 +70,11 @@ class Job:
     scaler: torch.amp.GradScaler
     criterion: nn.Module
     tracker: NullTracker
-    progress: Progress
+    beacon: StepBeacon        # publishes the step, names a lost peer
     autocast_dtype: torch.dtype | None
     channels_last: bool
-    beacon: StepBeacon
-    watchdog: Watchdog
+    watchdog: Watchdog        # writes the stacks when no progress comes
+    progress: Progress = field(default_factory=Progress)
 
     @property
     def total_steps(self) -> int:
@@ -98,22 +88,24 @@ class Job:
     def autocast(self):
         return autocast_context(self.dist.device, self.autocast_dtype)
 
-    def loader(self, layout: SplitLayout, train: bool, epoch: int = 0, skip: int = 0):
+    def loader(self, parquet: ParquetSplit, train: bool, epoch: int = 0, skip: int = 0):
         """The public :func:`data.make_train_loader` (``steps_per_epoch`` batches from step
         ``skip`` of ``epoch``) or :func:`data.make_eval_loader`, for this rank."""
         common = dict(workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda", rank=self.dist.rank,
                       world_size=self.dist.world_size, batch_size=self.cfg.batch_size,
                       image_size=self.cfg.image_size, decode=self.cfg.decode)
         if train:
-            return make_train_loader(layout, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
+            return make_train_loader(parquet, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
                                      skip_batches=skip, **common)
-        return make_eval_loader(layout, **common)
+        return make_eval_loader(parquet, **common)
 
     def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
         x = model_input(images, self.cfg.image_size, self.dist.device, channels_last=self.channels_last)
         return x, labels.to(self.dist.device, non_blocking=True)
 
     def state(self) -> dict:
+        """What a checkpoint holds (keys: :mod:`trainer.checkpoint`'s constants): enough to
+        continue as if never stopped, and to refuse another data set or model."""
         p = self.progress
         return {
             ck.MODEL: self.model_without_ddp.state_dict(), ck.OPTIMIZER: self.optimizer.state_dict(),
@@ -124,29 +116,22 @@ class Job:
             ck.MODEL_NAME: self.cfg.model, ck.WORLD_SIZE: self.dist.world_size,
         }
 
+    def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint that :meth:`state` wrote: weights, optimizer, LR schedule,
+        scaler, RNG and the position in training. (Its MLflow run id is read by :func:`setup`,
+        which opens the tracker on that run.)"""
+        self.model_without_ddp.load_state_dict(state[ck.MODEL])
+        self.optimizer.load_state_dict(state[ck.OPTIMIZER])
+        self.scheduler.load_state_dict(state[ck.SCHEDULER])
+        self.scaler.load_state_dict(state[ck.SCALER])
+        ck.set_rng_state(state[ck.RNG])
+        self.progress = Progress(step=state[ck.STEP], epoch=state[ck.EPOCH], step_in_epoch=state[ck.STEP_IN_EPOCH],
+                                 best_top1=state[ck.BEST_TOP1])
+
     def save(self, name: str) -> str | None:
         if not self.dist.is_main:
             return None
         return ck.save_checkpoint(self.state(), os.path.join(ck.checkpoint_dir(self.cfg.out), name))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
-             prepare=None, autocast=contextlib.nullcontext) -> ClassificationSums:
-    """Loss/top-1/top-5/confusion over this rank's share, then summed over all ranks.
-
-    ``model`` must be the unwrapped model: ranks hold different numbers of batches, and
-    a DDP forward could wait on a collective that a finished rank never joins.
-    """
-    model.eval()
-    sums = ClassificationSums(num_classes)
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    for images, labels in batches:
-        x, y = prepare(images, labels) if prepare else (images.to(device), labels.to(device))
-        with autocast():
-            logits = model(x)
-        sums.update(logits, y, float(criterion(logits.float(), y)))
-    return sums.reduce()
 
 
 def validate(job: Job) -> dict:
@@ -219,6 +204,18 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             job.save(ck.LAST)
 
 
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW, at ``--lr``; weight decay only on weights of
+    two or more dimensions (not on biases and norm weights)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
 def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchdog) -> Job:
     """Check inputs, build model/optimizer/schedule, restore a checkpoint if resuming."""
     manifest = Manifest.load(cfg.data)
@@ -239,38 +236,26 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     torch.manual_seed(cfg.seed)
     model = to_device(build_model(cfg.model, manifest.num_classes, cfg.weights, cfg.weights_path), dist.device)
     cuda = dist.device.type == "cuda"
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=False)  # bf16 needs no loss scaling
-    progress = Progress()
-    run_id = None
+    optimizer = build_optimizer(cfg, model)
+    job = Job(
+        cfg=cfg, dist=dist, manifest=manifest, train=train, val=val, steps_per_epoch=steps_per_epoch,
+        model=DDP(model, device_ids=[dist.device.index] if cuda else None) if dist.distributed else model,
+        model_without_ddp=model, optimizer=optimizer,
+        scheduler=warmup_cosine(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch),
+        scaler=torch.amp.GradScaler(dist.device.type, enabled=False),  # bf16 needs no loss scaling
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ck.MLFLOW_RUN_ID] if resumed else None),
+        beacon=beacon, watchdog=watchdog, autocast_dtype=precision_dtype(cfg.precision, dist.device),
+        channels_last=cuda)
     if resumed is not None:
-        model.load_state_dict(resumed[ck.MODEL])
-        optimizer.load_state_dict(resumed[ck.OPTIMIZER])
-        scheduler.load_state_dict(resumed[ck.SCHEDULER])
-        scaler.load_state_dict(resumed[ck.SCALER])
-        ck.set_rng_state(resumed[ck.RNG])
-        progress = Progress(step=resumed[ck.STEP], epoch=resumed[ck.EPOCH],
-                            step_in_epoch=resumed[ck.STEP_IN_EPOCH], best_top1=resumed[ck.BEST_TOP1])
-        run_id = resumed[ck.MLFLOW_RUN_ID]
+        job.load_state(resumed)
         changed = ck.changed_settings(resumed, cfg.to_dict(), dist.world_size)
         if changed:
             print0(f"note: resuming with {', '.join(changed)}: training goes on, but not exactly as it "
                    "would have without the interruption")
-        print0(f"resuming from {resume_path} at step {progress.step} (epoch {progress.epoch + 1}, "
-               f"step {progress.step_in_epoch} of {steps_per_epoch})")
-    ddp = DDP(model, device_ids=[dist.device.index] if cuda else None) if dist.distributed else model
-    return Job(cfg, dist, manifest, train, val, steps_per_epoch, ddp, model, optimizer, scheduler, scaler,
-               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-               make_tracker(dist.is_main, cfg.out, cfg.experiment, run_id), progress,
-               precision_dtype(cfg.precision, dist.device), cuda, beacon, watchdog)
+        print0(f"resuming from {resume_path} at step {job.progress.step} (epoch {job.progress.epoch + 1}, "
+               f"step {job.progress.step_in_epoch} of {steps_per_epoch})")
+    return job
 
 
 def fit(job: Job) -> dict:

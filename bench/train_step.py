@@ -14,14 +14,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from data.bench_measure import Opener
+from bench.measure import Opener
 from data.loader import model_input, normalize
+from trainer.model import build_model, to_device
+from trainer.precision import autocast_context, precision_dtype
 
 
 def to_model_input(images, device: torch.device, size: int, channels_last: bool) -> torch.Tensor:
     """Whatever a path yields -> normalised float on ``device``, as the model wants it: the
     trainer's :func:`data.loader.model_input`, or a batch its path already normalised."""
-    if isinstance(images, torch.Tensor) and images.is_floating_point():  # raw_files, seed_petastorm
+    if isinstance(images, torch.Tensor) and images.is_floating_point():  # raw_files, petastorm_converter
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return images.to(device, non_blocking=True).contiguous(memory_format=fmt)
     return model_input(images, size, device, channels_last)
@@ -36,8 +38,6 @@ class StepRunner:
     """One model + optimizer, stepped on batches from any source."""
 
     def __init__(self, model_name: str, num_classes: int, size: int, device: torch.device):
-        from trainer.model import build_model, to_device
-
         self.device, self.size, self.cuda = device, size, device.type == "cuda"
         self.model = to_device(build_model(model_name, num_classes), device)  # as the trainer does
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
@@ -46,7 +46,7 @@ class StepRunner:
     def step(self, images, labels: torch.Tensor) -> None:
         x = to_model_input(images, self.device, self.size, self.cuda)
         y = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with autocast_context(self.device, precision_dtype("auto", self.device)):
             loss = self.criterion(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

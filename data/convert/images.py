@@ -1,4 +1,4 @@
-"""Decode, check and normalise one image file's bytes into an RGB JPEG.
+"""Decode and check one image file, and make it an upright RGB JPEG (byte-for-byte when it is one).
 
 Used by the Spark conversion (inside Python workers) and by anything else that needs
 the same rule; it imports no Spark. The rule:
@@ -10,8 +10,8 @@ the same rule; it imports no Spark. The rule:
   alpha, EXIF-rotated, 16-bit, too large) is rotated upright, made RGB (transparency
   composited on white), shrunk so that ``max(width, height) <= max_side`` (aspect
   kept, Lanczos) and re-encoded as JPEG at ``quality``;
-* a file that cannot be used gets a short reason (``normalise`` raises
-  :class:`BadImage`, ``try_normalise`` returns the reason).
+* a file that cannot be used gets a short reason (``to_rgb_jpeg`` raises
+  :class:`BadImage`, ``try_rgb_jpeg`` returns the reason).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class BadImage(ValueError):
 
 
 @dataclass(frozen=True)
-class NormalisedImage:
+class RgbJpeg:
     """An RGB JPEG ready to store, with its pixel size; ``converted`` is False for a
     file kept byte-for-byte."""
 
@@ -46,7 +46,7 @@ class NormalisedImage:
     converted: bool
 
 
-def normalise(data: bytes, quality: int = DEFAULT_QUALITY, max_side: int | None = None) -> NormalisedImage:
+def to_rgb_jpeg(data: bytes, quality: int = DEFAULT_QUALITY, max_side: int | None = None) -> RgbJpeg:
     """Decode ``data`` fully and return it as an RGB JPEG; raise BadImage if unusable."""
     if not data:
         raise BadImage(EMPTY_FILE)
@@ -57,21 +57,21 @@ def normalise(data: bytes, quality: int = DEFAULT_QUALITY, max_side: int | None 
         orientation = 1
     if (img.format == "JPEG" and img.mode == "RGB" and orientation in (1, None)
             and (max_side is None or max(img.size) <= max_side)):
-        return NormalisedImage(bytes(data), img.width, img.height, converted=False)
+        return RgbJpeg(bytes(data), img.width, img.height, converted=False)
     try:
         rgb = _shrink(_to_rgb(_upright(img)), max_side)
         buf = io.BytesIO()
         rgb.save(buf, format="JPEG", quality=quality)
     except Exception as exc:
         raise BadImage(_short(f"cannot convert {img.mode} {img.format} image: {exc}")) from None
-    return NormalisedImage(buf.getvalue(), rgb.width, rgb.height, converted=True)
+    return RgbJpeg(buf.getvalue(), rgb.width, rgb.height, converted=True)
 
 
-def try_normalise(data: bytes, quality: int = DEFAULT_QUALITY,
-                  max_side: int | None = None) -> NormalisedImage | str:
-    """Like :func:`normalise`, but return the reason string instead of raising."""
+def try_rgb_jpeg(data: bytes, quality: int = DEFAULT_QUALITY,
+                  max_side: int | None = None) -> RgbJpeg | str:
+    """Like :func:`to_rgb_jpeg`, but return the reason string instead of raising."""
     try:
-        return normalise(data, quality, max_side)
+        return to_rgb_jpeg(data, quality, max_side)
     except BadImage as exc:
         return str(exc)
 

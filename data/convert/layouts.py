@@ -5,7 +5,7 @@
 * ``food101``: the Food-101 download, ``food-101/images/<class>/<id>.jpg`` plus
   ``food-101/meta/{classes.txt,train.txt,test.txt}``; DIR may be ``food-101`` or its
   parent. Classes follow ``classes.txt``; the official test list is the test split and
-  val is carved out of the official train list (see :mod:`data.splits`).
+  val is carved out of the official train list (see :mod:`data.convert.splits`).
 
 Paths are relative to the layout's image root (DIR, or ``food-101/images``) with
 forward slashes. Hidden files and folders (name starting with ``.``) and files

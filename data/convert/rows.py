@@ -1,9 +1,9 @@
 """What the conversion does to each file, in Spark's Python workers (plain pandas here).
 
 ``decode_batches`` turns ``binaryFile`` rows (path, content) into one row per file with
-its relative path, class, split key and either a normalised JPEG (status ``kept``), a
-reason (``rejected``) or nothing (``skipped``: not a data set image). ``assign_batches``
-gives kept rows their split and label from the per-class boundaries found on the driver.
+its relative path, class, split key and either an RGB JPEG (status ``kept``), a
+reason (``rejected``) or nothing (``skipped``: not a data set image). Splits and labels
+are assigned afterwards, in SQL (:mod:`data.convert.job`).
 """
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from urllib.parse import unquote
 
 import pandas as pd
 
-from data.images import try_normalise
-from data.layouts import Layout
-from data.splits import split_key
+from data.convert.images import try_rgb_jpeg
+from data.convert.layouts import Layout
+from data.convert.splits import split_key
 
-KEPT, REJECTED, SKIPPED = "kept", "rejected", "skipped"
-SPLIT_NAMES = ("train", "val", "test")
+KEPT, REJECTED, SKIPPED = "kept", "rejected", "skipped"  # a row's status
 
 DECODED_SCHEMA = (
     "relpath string, class string, part string, key string, status string, reason string, "
@@ -48,7 +47,7 @@ def decode_row(path: str, content: bytes, layout: Layout, root_uri: str, seed: i
         return (rel, None, None, None, SKIPPED, None, None, 0, 0, len(content), False)
     cls, part = where
     key = split_key(seed, rel)
-    result = try_normalise(content, quality, max_side)
+    result = try_rgb_jpeg(content, quality, max_side)
     if isinstance(result, str):
         return (rel, cls, part, key, REJECTED, result, None, 0, 0, len(content), False)
     return (rel, cls, part, key, KEPT, None, result.jpeg, result.width, result.height,

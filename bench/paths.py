@@ -1,4 +1,4 @@
-"""The input paths :mod:`data.bench` compares, each as an endless stream of batches.
+"""The input paths :mod:`bench` compares, each as an endless stream of batches.
 
 Every ``open_*`` function is a context manager yielding an iterator of
 ``(images, labels)`` batches that never ends (the benchmark decides how long to read),
@@ -7,7 +7,7 @@ so all paths are measured the same way. All use the same augmentation
 
 * ``raw_files``: torchvision ``ImageFolder`` + ``DataLoader`` (RandomResizedCrop, flip,
   ToTensor, Normalize in the workers), the usual way to read an image folder;
-* ``seed_petastorm``: the original write-up: ``make_spark_converter(df)`` on a
+* ``petastorm_converter``: Petastorm's Spark recipe: ``make_spark_converter(df)`` on a
   ``binaryFile`` DataFrame, then ``make_torch_dataloader`` with a pandas
   ``TransformSpec`` that decodes each row;
 * ``project``: the trainer's own loader (:func:`data.loader.make_loader`), uint8 batches
@@ -33,7 +33,7 @@ Batch = tuple[Any, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class Settings:
+class PathSettings:
     """What every path shares: loader processes, batch size, output size, seed, and pinned
     batches (on CUDA machines, as the trainer does: pageable copies stall the GPU)."""
     workers: int
@@ -56,7 +56,7 @@ def _endless(loader) -> Iterator[Batch]:
 
 
 @contextlib.contextmanager
-def open_raw_files(images: str, s: Settings) -> Iterator[Iterator[Batch]]:
+def open_raw_files(images: str, s: PathSettings) -> Iterator[Iterator[Batch]]:
     """ImageFolder + DataLoader, reshuffled every epoch by persistent workers."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
@@ -77,12 +77,12 @@ def class_names(images: str) -> list[str]:
     return sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
 
 
-def make_seed_converter(spark, images: str, cache_dir: str):
-    """The write-up's conversion: a ``binaryFile`` DataFrame cached by ``make_spark_converter``."""
+def make_petastorm_converter(spark, images: str, cache_dir: str):
+    """Petastorm's Spark recipe: a ``binaryFile`` DataFrame cached by ``make_spark_converter``."""
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
     from pyspark.sql import functions as F
 
-    from data.layouts import image_glob
+    from data.convert.layouts import image_glob
 
     classes = class_names(images)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + os.path.abspath(cache_dir))
@@ -95,7 +95,7 @@ def make_seed_converter(spark, images: str, cache_dir: str):
 
 
 def _decode_rows(transform, pd_batch):
-    """The write-up's TransformSpec function: decode and transform row by row in pandas."""
+    """The recipe's TransformSpec function: decode and transform row by row in pandas."""
     from PIL import Image
 
     pd_batch["features"] = pd_batch["content"].map(
@@ -104,7 +104,7 @@ def _decode_rows(transform, pd_batch):
 
 
 @contextlib.contextmanager
-def open_seed_petastorm(converter, s: Settings) -> Iterator[Iterator[Batch]]:
+def open_petastorm_converter(converter, s: PathSettings) -> Iterator[Iterator[Batch]]:
     """``converter.make_torch_dataloader`` with a decoding TransformSpec (thread pool)."""
     from petastorm import TransformSpec
 
@@ -117,20 +117,20 @@ def open_seed_petastorm(converter, s: Settings) -> Iterator[Iterator[Batch]]:
 
 
 @contextlib.contextmanager
-def open_project(data: str, s: Settings, decode: str = "cpu") -> Iterator[Iterator[Batch]]:
+def open_project(data: str, s: PathSettings, decode: str = "cpu") -> Iterator[Iterator[Batch]]:
     """The trainer's loader on the train split: uint8 batches, or ``JpegBatch`` with ``decode="gpu"``."""
     from data.manifest import Manifest, split_url
 
     manifest = Manifest.load(data)
-    layout = inspect_split(split_url(data, "train"), manifest.num_classes)
-    with make_loader(layout, workers=s.workers, pin_memory=s.pin_memory or decode == "gpu", rank=0, world_size=1,
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    with make_loader(parquet, workers=s.workers, pin_memory=s.pin_memory or decode == "gpu", rank=0, world_size=1,
                      batch_size=s.batch_size, image_size=s.image_size, train=True, seed=s.seed,
                      decode=decode) as batches:
         yield batches
 
 
 @contextlib.contextmanager
-def open_gpu_decoded(data: str, s: Settings, device: torch.device) -> Iterator[Iterator[Batch]]:
+def open_gpu_decoded(data: str, s: PathSettings, device: torch.device) -> Iterator[Iterator[Batch]]:
     """:func:`open_project` with ``decode="gpu"``, each batch decoded on ``device`` before it counts."""
     from data.gpu_decode import decode_on_device
 

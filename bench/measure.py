@@ -1,4 +1,4 @@
-"""How :mod:`data.bench` turns a path into a number: delivered images per wall-clock second.
+"""How :mod:`bench` turns a path into a number: delivered images per wall-clock second.
 
 A path is read after a warm-up (its workers started, its buffers filled), for a fixed
 time, by a consumer that does nothing else, so the rate is what the path can deliver.
@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import torch
 
-from data.bench_paths import Batch, reference_transform
+from bench.paths import Batch, reference_transform
 from data.transforms import decode_crop, train_params
 
 Opener = Callable[[], ContextManager[Iterator[Batch]]]

@@ -13,6 +13,7 @@ import math
 
 from data.errors import UserError
 
+SPLIT_NAMES = ("train", "val", "test")  # in the order of a Fractions triple
 Fractions = tuple[float, float, float]
 DEFAULT_SPLIT: Fractions = (0.7, 0.2, 0.1)
 TOLERANCE = 1e-6
@@ -66,4 +67,4 @@ def assign(relpaths: list[str], fractions: Fractions, seed: int) -> dict[str, li
     """Split one class's paths by the rule (reference implementation, used in tests)."""
     ranked = sorted(relpaths, key=lambda p: (split_key(seed, p), p))
     train, val, _ = split_counts(len(ranked), fractions)
-    return {"train": ranked[:train], "val": ranked[train:train + val], "test": ranked[train + val:]}
+    return dict(zip(SPLIT_NAMES, (ranked[:train], ranked[train:train + val], ranked[train + val:])))

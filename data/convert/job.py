@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import os
 
-from data import layouts
-from data.convert_rows import DECODED_SCHEMA, KEPT, REJECTED, SKIPPED, SPLIT_NAMES, decode_batches
+from data.convert import layouts
+from data.convert.images import EMPTY_FILE
+from data.convert.progress import spark_progress
+from data.convert.row_groups import RowGroupPlan, plan_split, read_footers
+from data.convert.rows import DECODED_SCHEMA, KEPT, REJECTED, SKIPPED, decode_batches
+from data.convert.splits import SPLIT_NAMES, Fractions, renormalise_without_test, split_counts
 from data.errors import UserError
-from data.images import EMPTY_FILE
-from data.manifest import REJECTED as REJECTED_CSV
-from data.manifest import Manifest, SplitInfo
-from data.parquet_layout import RowGroupPlan, plan_split, read_footers
-from data.progress import spark_progress
-from data.splits import Fractions, renormalise_without_test, split_counts
+from data.manifest import REJECTED_CSV, Manifest, SplitInfo
 
 OUTPUT_COLUMNS = ("image", "label", "path", "width", "height")
 EDGE_TYPE = "struct<key:string,relpath:string>"

@@ -1,20 +1,16 @@
-"""Input-pipeline benchmark: how many images per second each way of reading delivers.
-
-``python -m data.bench --images DIR [--data PARQUET_DIR] --out-json FILE [--workers N]
-[--batch-size 32] [--seconds S] [--image-size 224] [--train-step [--model NAME]]``
+"""A benchmark run: ``python -m bench --images DIR --out-json FILE [options]`` (options: :mod:`bench.options`).
 
 Converts DIR with :mod:`data.convert` when no Parquet is given (and a ``--max-side 256``
-copy for ``project_resized``; Spark starts only for these and ``seed_petastorm``), then
+copy for ``project_resized``; Spark starts only for these and ``petastorm_converter``), then
 measures side by side, in interleaved rounds, with the same augmentation, batch size
-and worker count: ``raw_files``, ``seed_petastorm``, ``project``, ``project_resized``,
-``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA, ``project_gpu_decode`` (paths:
-:mod:`data.bench_paths`). Writes JSON (images/s, per core, ratio to ``raw_files``, the
-issue's goals, conversion speed of ``data.convert`` vs ``make_spark_converter``) and a
-bar chart PNG next to it, and prints a table.
+and worker count: ``raw_files``, ``petastorm_converter``, ``project``, ``project_resized``,
+``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA,
+``project_gpu_decode`` (paths: :mod:`bench.paths`). Writes JSON (images/s, per core,
+ratio to ``raw_files``, the goals, conversion speed of ``data.convert`` vs
+``make_spark_converter``) and a bar chart PNG next to it, and prints a table.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
@@ -22,19 +18,18 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from functools import partial
 from typing import Any, Iterator
 
 import torch
 
-from data import bench_measure as bm
-from data import bench_paths as bp
-from data.bench_report import goal_checks, mark_train_goal, path_table, write_outputs
+from bench import measure as bm
+from bench import paths as bp
+from bench.options import RESIZED_SIDE, BenchOptions, parse_args
+from bench.report import goal_checks, mark_train_goal, path_table, write_outputs
 from data.errors import UserError, cli
 from data.manifest import Manifest
-
-RESIZED_SIDE = 256
-PATHS = ("raw_files", "seed_petastorm", "project", "project_resized", "decode_ceiling", "project_gpu_decode")
 
 
 def _log(msg: str) -> None:
@@ -61,14 +56,14 @@ def _manifest_speed(data: str) -> dict:
                              "from_manifest": True}}
 
 
-def _to_convert(a: argparse.Namespace, wanted: list[str]) -> tuple[bool, bool]:
+def _to_convert(a: BenchOptions, wanted: list[str]) -> tuple[bool, bool]:
     """Whether the Parquet data set and its resized copy must be converted here: wanted
     by a path and not given."""
     return (not a.data and any(p in wanted for p in ("project", "project_gpu_decode")),
             not a.data_resized and "project_resized" in wanted)
 
 
-def _data_sets(a: argparse.Namespace, spark, work: str, wanted: list[str]) -> tuple[str | None, str | None, dict]:
+def _data_sets(a: BenchOptions, spark, work: str, wanted: list[str]) -> tuple[str | None, str | None, dict]:
     """The Parquet data set and its resized copy (converted here unless given or not needed)."""
     conversion, data, resized = {}, a.data, a.data_resized
     convert_data, convert_resized = _to_convert(a, wanted)
@@ -102,22 +97,25 @@ def _machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def run(a: argparse.Namespace, spark=None) -> dict:
+def run(a: BenchOptions, spark=None) -> dict:
     """Measure the paths ``a`` asks for; write the outputs and return the result dict."""
     if not os.path.isdir(a.images):
         raise UserError(f"--images {a.images} is not a folder")
     wanted = [p for p in a.paths if p != "project_gpu_decode" or torch.cuda.is_available()]
-    s = bp.Settings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size,
+    s = bp.PathSettings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size,
                     pin_memory=torch.cuda.is_available())
-    with _spark(spark, _needs_spark(a, wanted)) as session, _workdir(a.work) as work:
+    from data.spark import spark_session
+
+    session_or_none = spark_session(spark) if _needs_spark(a, wanted) else contextlib.nullcontext(spark)
+    with session_or_none as session, _workdir(a.work) as work:
         if session is not None:
             _warm_up(session, a.images)
         data, resized, conversion = _data_sets(a, session, work, wanted)
         converter = None
-        if "seed_petastorm" in wanted:
-            _log("converting with make_spark_converter (the original write-up) ...")
+        if "petastorm_converter" in wanted:
+            _log("converting with Petastorm's make_spark_converter ...")
             t0 = time.perf_counter()
-            converter = bp.make_seed_converter(session, a.images, os.path.join(work, "petastorm_cache"))
+            converter = bp.make_petastorm_converter(session, a.images, os.path.join(work, "petastorm_cache"))
             seconds = time.perf_counter() - t0
             conversion["make_spark_converter"] = {"images": len(converter), "seconds": round(seconds, 2),
                                                   "images_per_s": round(len(converter) / seconds, 1)}
@@ -127,22 +125,22 @@ def run(a: argparse.Namespace, spark=None) -> dict:
             if converter is not None:
                 converter.delete()
     result["conversion"] = conversion
-    result["settings"] = {**vars(a), "data": data, "data_resized": resized}
+    result["settings"] = {**asdict(a), "data": data, "data_resized": resized}
     print(write_outputs(result, a.out_json), flush=True)
     return result
 
 
-def _openers(a: argparse.Namespace, s: bp.Settings, wanted: list[str], data: str | None, resized: str | None,
+def _openers(a: BenchOptions, s: bp.PathSettings, wanted: list[str], data: str | None, resized: str | None,
              converter) -> dict[str, bm.Opener]:
     every = {"raw_files": lambda: partial(bp.open_raw_files, a.images, s),
-             "seed_petastorm": lambda: partial(bp.open_seed_petastorm, converter, s),
+             "petastorm_converter": lambda: partial(bp.open_petastorm_converter, converter, s),
              "project": lambda: partial(bp.open_project, data, s),
              "project_resized": lambda: partial(bp.open_project, resized, s),
              "project_gpu_decode": lambda: partial(bp.open_gpu_decoded, data, s, torch.device("cuda", 0))}
     return {name: make() for name, make in every.items() if name in wanted}
 
 
-def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener], data: str | None) -> dict[str, Any]:
+def _measure(a: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opener], data: str | None) -> dict[str, Any]:
     warmup_batches, warmup_s = 2 * max(1, s.workers), min(3.0, max(0.5, a.seconds / 4))
     measure = {name: partial(bm.stream_rate, fn, a.seconds, warmup_batches, warmup_s) for name, fn in openers.items()}
     if "decode_ceiling" in a.paths:
@@ -157,7 +155,7 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
         result["diagnostics"]["petastorm_reader_rows_per_s_one_process"] = round(
             bp.reader_rows_per_s(data, min(a.seconds, 5.0)), 1)
     if a.train_step:
-        from data.bench_train import train_step_rates
+        from bench.train_step import train_step_rates
 
         _log(f"training steps ({a.model}) fed by each path ...")
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -170,24 +168,10 @@ def _measure(a: argparse.Namespace, s: bp.Settings, openers: dict[str, bm.Opener
     return result
 
 
-def _needs_spark(a: argparse.Namespace, wanted: list[str]) -> bool:
-    """Spark converts what was not given and runs ``seed_petastorm``; with ``--data`` and
+def _needs_spark(a: BenchOptions, wanted: list[str]) -> bool:
+    """Spark converts what was not given and runs ``petastorm_converter``; with ``--data`` and
     ``--data-resized`` the other paths run where there is no Spark (a GPU node, say)."""
-    return any(_to_convert(a, wanted)) or "seed_petastorm" in wanted
-
-
-@contextlib.contextmanager
-def _spark(spark, needed: bool) -> Iterator[Any]:
-    if spark is not None or not needed:
-        yield spark
-        return
-    from data.spark import get_spark
-
-    session = get_spark("local[*]", {"spark.ui.showConsoleProgress": "false"})
-    try:
-        yield session
-    finally:
-        session.stop()
+    return any(_to_convert(a, wanted)) or "petastorm_converter" in wanted
 
 
 @contextlib.contextmanager
@@ -203,44 +187,6 @@ def _workdir(work: str | None) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--images", required=True, help="the <class>/<image> folder to read")
-    p.add_argument("--data", help="its data.convert output (converted here if not given)")
-    p.add_argument("--data-resized", help=f"its --max-side {RESIZED_SIDE} conversion (made here if not given)")
-    p.add_argument("--out-json", required=True, help="results file; the chart goes next to it (.png)")
-    p.add_argument("--workers", type=int, default=bm.cores(), help="loader processes/threads (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per path and round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    p.add_argument("--train-step", action="store_true", help="also time training steps fed by each path")
-    p.add_argument("--model", default="resnet50", help="torchvision model for --train-step")
-    p.add_argument("--paths", type=_path_list, default=list(PATHS),
-                   help=f"comma-separated subset of {','.join(PATHS)} (default: all; gpu only on CUDA)")
-    p.add_argument("--work", help="keep conversions here (default: a temporary folder, removed)")
-    return p
-
-
-def _path_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(PATHS))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown path(s) {', '.join(unknown) or '(none)'}; have {', '.join(PATHS)}")
-    return names
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    a = build_parser().parse_args(argv)
-    if a.workers < 0 or a.batch_size < 1 or a.image_size < 1 or a.seconds <= 0 or a.rounds < 1:
-        raise UserError("--workers must be >= 0; --batch-size, --image-size, --seconds and --rounds positive")
-    return a
-
-
 @cli
 def main(argv: list[str] | None = None) -> None:
     run(parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

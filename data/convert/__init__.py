@@ -1,0 +1,29 @@
+"""Images -> Parquet splits with Spark: ``python -m data.convert`` or ``from data.convert import convert``.
+
+Spark's ``binaryFile`` source reads every file; the Python workers decode and check it
+(:mod:`~data.convert.images`, :mod:`~data.convert.rows`), the job splits each class by
+a hash of the relative path (:mod:`~data.convert.splits`) and writes
+``<out>/{train,val,test}/`` Parquet (columns image, label, path, width, height) in
+planned row groups (:mod:`~data.convert.row_groups`), ``<out>/manifest.json`` and
+``<out>/rejected.csv`` (:mod:`~data.convert.job`), all in a staged folder published at
+the end (:mod:`~data.convert.staging`). Input layouts: :mod:`~data.convert.layouts`.
+
+Names resolve on first use, so importing one module (say ``data.convert.images``) does
+not load the Spark job.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from data.lazy import lazy_exports
+
+_EXPORTS = {
+    "convert": "data.convert.conversion",
+    "summary": "data.convert.conversion",
+    "main": "data.convert.cli",
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from data.convert.cli import main
+    from data.convert.conversion import convert, summary
