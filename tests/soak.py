@@ -33,15 +33,16 @@ ROW_GROUPS, ROWS_PER_GROUP, VAL_ROWS, BATCH = 8, 24, 48, 8
 STEPS_PER_EPOCH = ROW_GROUPS * ROWS_PER_GROUP // (BATCH * 2)
 
 
-def _burn() -> None:
-    while True:
-        pass
+def _burn(parent: int) -> None:
+    while os.getppid() == parent:  # ends with the soak, however the soak ends
+        for _ in range(1_000_000):
+            pass
 
 
 @contextlib.contextmanager
 def cpu_burners(n: int) -> Iterator[None]:
     """``n`` processes that keep a core busy each until the block ends."""
-    procs = [multiprocessing.get_context("spawn").Process(target=_burn, daemon=True) for _ in range(n)]
+    procs = [multiprocessing.get_context("spawn").Process(target=_burn, args=(os.getpid(),), daemon=True) for _ in range(n)]
     for p in procs:
         p.start()
     try:
