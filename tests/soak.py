@@ -42,7 +42,8 @@ def _burn(parent: int) -> None:
 @contextlib.contextmanager
 def cpu_burners(n: int) -> Iterator[None]:
     """``n`` processes that keep a core busy each until the block ends."""
-    procs = [multiprocessing.get_context("spawn").Process(target=_burn, args=(os.getpid(),), daemon=True) for _ in range(n)]
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_burn, args=(os.getpid(),), daemon=True) for _ in range(n)]
     for p in procs:
         p.start()
     try:
