@@ -121,8 +121,7 @@ def test_weights_in_the_torch_cache_are_used_and_the_backbone_frozen_then_fine_t
     assert frozen[ck.MODEL]["fc.weight"].shape == (3, 512)  # the fresh head, trained
     lrs = sorted({g["lr"] for g in frozen[ck.OPTIMIZER]["param_groups"]})
     assert lrs[0] == pytest.approx(0.1 * lrs[1])
-    second, _ = train(seven_groups[0], out, *tune, "--resume", "auto")
-    assert "backbone unfrozen from epoch 2" in second.stdout
+    train(seven_groups[0], out, *tune, "--resume", "auto")  # epoch 2: everything trains
     tuned = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
     assert not torch.equal(tuned[ck.MODEL]["conv1.weight"], pretrained["conv1.weight"])
 
