@@ -248,12 +248,12 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float,
     """SGD with Nesterov momentum, or AdamW, at ``lr``; the ``backbone`` parameters (by name:
     the pretrained ones) at ``lr x --backbone-lr-factor``; weight decay only on weights of
     two or more dimensions (not on biases and norm weights)."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (pretrained, decays) -> parameters
     for name, param in model.named_parameters():
         groups.setdefault((name in backbone, param.ndim > 1), []).append(param)
-    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0,
-                     "lr": lr * cfg.backbone_lr_factor if pretrained else lr}
-                    for (pretrained, decays), params in sorted(groups.items())]
+    order = [(False, True), (False, False), (True, True), (True, False)]  # as before there was a backbone group:
+    param_groups = [{"params": groups[key], "weight_decay": cfg.weight_decay if key[1] else 0.0,  # old checkpoints load
+                     "lr": lr * cfg.backbone_lr_factor if key[0] else lr} for key in order if key in groups]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(param_groups, lr=lr)
