@@ -15,18 +15,21 @@ import torch
 import torchvision
 
 from data.manifest import Manifest
-from tests.procs import ok, one_error_line, run, summary_of
+from tests.procs import TIMEOUT_S, ok, one_error_line, run, summary_of
 from trainer import checkpoint as ck
 from trainer.model import DOWNLOAD_TIMEOUT_S, fetch_weights, model_from_checkpoint, weights_cache_path
 from trainer.precision import FORCE_SCALER_ENV
 
 DEFAULTS_RUN = ["--model", "resnet18", "--image-size", "64", "--epochs", "6", "--batch-size", "32"]
+# 114 steps of ResNet-18 on 2 x 32 images at 64 px: about 3 minutes on 2 free cores, 7 on a
+# machine shared with other test runs.
+LEARNING_TIMEOUT_S = 900
 SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--workers", "1", "--seed", "1",
          "--log-every", "1", "--no-progress", "--dist-timeout", "60"]
 
 
-def train(data: str, out: str, *args: str, nproc: int = 2):
-    result = ok(run("trainer.train", "--data", data, "--out", out, *args, nproc=nproc))
+def train(data: str, out: str, *args: str, nproc: int = 2, timeout: float = TIMEOUT_S):
+    result = ok(run("trainer.train", "--data", data, "--out", out, *args, nproc=nproc, timeout=timeout))
     return result, summary_of(out)
 
 
@@ -49,12 +52,13 @@ def digits(spark, tmp_path_factory):
     return out, Manifest.load(out)
 
 
+@pytest.mark.timeout(2 * LEARNING_TIMEOUT_S)
 def test_all_defaults_learn_a_small_real_data_set(digits, tmp_path):
     # The run a new user starts first: 2 CPU ranks x 32 images, ResNet-18 at 64 px, 6 epochs,
     # every optimisation setting left at its default (SGD at 0.1 x 64 / 256, 1 warm-up epoch).
     data, manifest = digits
     assert manifest.num_classes == 10 and 1200 < manifest.splits["train"].rows < 1300
-    result, summary = train(data, str(tmp_path), *DEFAULTS_RUN, "--no-progress")
+    result, summary = train(data, str(tmp_path), *DEFAULTS_RUN, "--no-progress", timeout=LEARNING_TIMEOUT_S)
     assert "sgd LR 0.025 (0.1 per 256 images x global batch 64 / 256), linear warm-up over 19 steps" in result.stdout
     params = mlflow_params(summary)
     assert (float(params["effective_lr"]), params["effective_warmup_steps"]) == (0.025, "19")
