@@ -22,6 +22,15 @@ optional ``auto_augment``/``random_erase`` of :class:`data.transforms.Augment`) 
 keyed by (seed, epoch, shard, batch index), so a resumed epoch can skip batches without decoding them and still see
 exactly the batches an uninterrupted run would have seen.
 
+Loader workers are started by a ``forkserver``, never forked from the rank itself: a
+rank runs other threads (the step heartbeat, gloo's, Arrow's, the queues' feeders), and
+a process forked while another thread holds a lock (malloc's, the import lock, a C
+library's) can wait for that lock forever in the child. The fork server is a
+single-threaded process started once per rank with this module and Petastorm already
+imported, so starting workers for every epoch and validation stays cheap; workers do not
+re-run the caller's script, so a script without an ``if __name__ == "__main__":`` guard
+works as it did with fork.
+
 Batches are ``(images, labels)``: ``images`` uint8 ``[B, 3, H, W]`` (channels_last
 strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device. With
 ``decode="gpu"`` ``images`` is a :class:`data.gpu_decode.JpegBatch` (the JPEG bytes and
@@ -31,9 +40,16 @@ the same crop boxes and flips, drawn in the workers): decode it with
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import itertools
+import multiprocessing
+import os
+import signal
+import sys
+import types
 import warnings
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
@@ -49,6 +65,8 @@ from data.transforms import MEAN, STD, Augment, decode_batch, eval_params, train
 
 DEFAULT_SHUFFLE_ROWS = 1024
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
+WORKER_START = "forkserver"  # how loader workers start: see the module docstring
+STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
 # petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
 # the deprecation warnings it triggers say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
@@ -207,6 +225,69 @@ class ParquetImages(IterableDataset):
         return lambda width, height: eval_params(width, height, self.image_size)
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context loader workers start from. With ``forkserver`` (see the
+    module docstring) the server is started here unless it runs: call this early to have
+    its imports overlap other start-up work."""
+    ctx = multiprocessing.get_context(WORKER_START)
+    if WORKER_START == "forkserver":
+        ctx.set_forkserver_preload(["data.loader", "petastorm", "petastorm.reader"])  # what every worker imports
+        # pyarrow's allocator starts a background thread on import: off, the server stays single-threaded.
+        with _env(JE_ARROW_MALLOC_CONF="background_thread:false"):
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+    return ctx
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start processes that do not re-run the caller's main module.
+
+    A spawn-style start (forkserver, spawn) makes each new process import the parent's
+    ``__main__`` again: an unguarded script (no ``if __name__ == "__main__":``) would run
+    its whole training in every loader worker. The workers need nothing from it (the
+    dataset and worker loop live in this package), so it is hidden while they start.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
+def _worker_init(stacks_dir: str | None, rank: int, worker: int) -> None:
+    """In each worker: on SIGUSR1, write all its threads' stacks to ``stacks_dir``."""
+    if stacks_dir:
+        os.makedirs(stacks_dir, exist_ok=True)
+        dump = open(os.path.join(stacks_dir, f"rank{rank}-worker{worker}.txt"), "a")  # kept open for the handler
+        faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
+
+
+_LIVE: "weakref.WeakSet[Batches]" = weakref.WeakSet()
+
+
+def live_workers() -> list[tuple[int, int]]:
+    """``(worker index, pid)`` of every loader worker this process has running."""
+    return [(i, w.pid) for batches in list(_LIVE) for i, w in enumerate(getattr(batches._it, "_workers", []))
+            if w.pid is not None]
+
+
 class Batches:
     """Iterator over a DataLoader that owns its worker processes; ``close()`` stops them."""
 
@@ -215,9 +296,14 @@ class Batches:
         # Our own generator: otherwise each new iterator draws its worker seed from the global
         # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
         # (Augmentation is keyed explicitly, see ParquetImages; worker seeds are unused.)
+        init = functools.partial(_worker_init, os.environ.get(STACKS_DIR_ENV), dataset.rank)
         self._loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                  prefetch_factor=4 if workers else None, generator=torch.Generator())
-        self._it = iter(self._loader)
+                                  prefetch_factor=4 if workers else None, generator=torch.Generator(),
+                                  multiprocessing_context=worker_context() if workers else None,
+                                  worker_init_fn=init if workers else None)
+        with _main_hidden():
+            self._it = iter(self._loader)  # starts the workers
+        _LIVE.add(self)
 
     def __iter__(self) -> "Batches":
         return self
@@ -230,6 +316,7 @@ class Batches:
             raise UserError(last.split("UserError: ", 1)[-1]) from None
 
     def close(self) -> None:
+        _LIVE.discard(self)
         shutdown = getattr(self._it, "_shutdown_workers", None)
         if shutdown:
             shutdown()

@@ -91,6 +91,10 @@ def test_a_hung_rank_is_named_and_the_job_ends(seven_groups, tmp_path):
     assert result.returncode != 0
     assert "[rank 0] error: rank 0 gave up at step" in result.stderr
     assert "rank 1 (last step" in result.stderr and "stopped responding within --dist-timeout 30s" in result.stderr
+    # The frozen rank cannot write; rank 0, stuck in a collective, wrote its stacks and names the folder.
+    stacks = os.path.join(out, "stacks")
+    assert f"Python stacks of each rank: {stacks}" in result.stderr
+    assert "train_one_epoch" in open(os.path.join(stacks, "rank0.txt")).read()
 
 
 SLOW_PICKLE = """

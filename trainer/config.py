@@ -98,9 +98,16 @@ class TrainConfig:
     dist_timeout: float = setting(600.0, metavar="S",
                                   help="seconds a collective waits for a dead or stuck rank before failing "
                                        "instead of hanging")
+    stacks_after: float | None = setting(None, above=0, metavar="S", doc="--dist-timeout / 4",
+                                         help="a rank with no progress for S seconds writes the Python stacks of "
+                                              "its threads and loader workers to RUN/stacks/ (the run goes on)")
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.stacks_after is None:
+            self.stacks_after = self.dist_timeout / 4
+        if self.stacks_after >= self.dist_timeout:
+            raise UserError("--stacks-after must be less than --dist-timeout")
         if self.weights and self.weights_path:
             raise UserError("give --weights or --weights-path, not both")
         if self.weights_path and not os.path.isfile(self.weights_path):

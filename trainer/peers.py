@@ -17,6 +17,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 STEP_KEY = "sparkdp/step/{rank}"
+STALL_KEY = "sparkdp/stall/{rank}"
 ALIVE_KEY = "sparkdp/alive/{rank}"
 PEER_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset|refused)|broken pipe|pair closure|"
                           r"peer|nccl|watchdog", re.IGNORECASE)
@@ -38,6 +39,7 @@ class StepBeacon:
         self.rank, self.world_size, self.interval_s = rank, world_size, interval_s
         self.store = _store() if world_size > 1 else None
         self.step = 0
+        self.stall = ""  # what this rank last finished, while its watchdog sees no progress
         self._stop = threading.Event()
         if self.store is not None:
             threading.Thread(target=self._beat, name="sparkdp-heartbeat", daemon=True).start()
@@ -47,6 +49,7 @@ class StepBeacon:
         while not self._stop.wait(self.interval_s):
             try:
                 self.store.set(STEP_KEY.format(rank=self.rank), str(self.step))
+                self.store.set(STALL_KEY.format(rank=self.rank), self.stall)
                 self.store.add(ALIVE_KEY.format(rank=self.rank), 1)
             except Exception:  # the store is gone: the job is ending
                 return
@@ -58,18 +61,26 @@ class StepBeacon:
         """Record this rank's step; the heartbeat thread publishes it."""
         self.step = step
 
+    def stalled(self, where: str | None) -> None:
+        """Publish that this rank makes no progress since ``where`` (None: progressing again)."""
+        self.stall = where or ""
+
     def _heartbeat(self, rank: int) -> int | None:
         try:
             return int(self.store.add(ALIVE_KEY.format(rank=rank), 0))
         except Exception:
             return None
 
-    def _step(self, rank: int) -> int | None:
-        key = STEP_KEY.format(rank=rank)
+    def _read(self, template: str, rank: int) -> str | None:
+        key = template.format(rank=rank)
         try:
-            return int(self.store.get(key)) if self.store.check([key]) else None
+            return self.store.get(key).decode() if self.store.check([key]) else None
         except Exception:
             return None
+
+    def _step(self, rank: int) -> int | None:
+        step = self._read(STEP_KEY, rank)
+        return int(step) if step else None
 
     def _peers(self) -> list[int]:
         return [r for r in range(self.world_size) if r != self.rank]
@@ -96,7 +107,11 @@ class StepBeacon:
         first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # drop gloo's source-file prefix
         stopped = self.stopped_ranks()
         who = ", ".join(f"rank {r} (last step {s})" if s is not None else f"rank {r} (before its first step)"
-                        for r, s in sorted(stopped.items())) or "another rank"
+                        for r, s in sorted(stopped.items()))
+        if not who:  # alive but stuck (a frozen loader worker, say): its watchdog published where
+            stuck = {r: self._read(STALL_KEY, r) for r in self._peers()}
+            who = ", ".join(f"rank {r} (last step {self._step(r)}, alive but no progress since {w})"
+                            for r, w in sorted(stuck.items()) if w) or "another rank"
         return (f"rank {self.rank} gave up at step {self.step}: {who} stopped responding within "
                 f"--dist-timeout {timeout_s:g}s ({first}). Check that rank's log; "
                 "restart with --resume auto to continue from the last checkpoint")

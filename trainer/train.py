@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
-from data.loader import ParquetSplit, model_input
+from data.loader import ParquetSplit, model_input, worker_context
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -41,6 +41,7 @@ from trainer.model import fetch_weights, pretrained_model, to_device
 from trainer.precision import autocast_context, make_scaler, precision_dtype, precision_name
 from trainer.schedule import BASE_LR, peak_lr, warmup_cosine, warmup_length
 from trainer.tracking import NullTracker, make_tracker
+from trainer.watchdog import Watchdog
 
 # A step the GradScaler skips (its gradients overflowed) leaves the optimizer unstepped
 # while the schedule moves on, as it should: the warning about that says nothing to act on.
@@ -86,6 +87,7 @@ class Job:
     beacon: StepBeacon        # publishes the step, names a lost peer
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    watchdog: Watchdog        # writes the stacks when no progress comes
     progress: Progress = field(default_factory=Progress)
 
     @property
@@ -170,10 +172,11 @@ def validate(job: Job) -> dict:
     """Run :func:`evaluate` on the val split (the EMA weights with ``--model-ema``); log it,
     keep ``best.pt`` when top-1 improves."""
     broadcast_buffers(job.eval_model)  # every rank scores the model rank 0 saves
-    with job.loader(job.val, train=False) as batches:
-        res = evaluate(job.eval_model, batches, job.dist.device, job.manifest.num_classes,
-                       job.inputs, job.autocast).results()
     p = job.progress
+    with job.loader(job.val, train=False) as batches:
+        res = evaluate(job.eval_model, job.watchdog.watch(batches, f"validation at step {p.step}"),
+                       job.dist.device, job.manifest.num_classes, job.inputs, job.autocast).results()
+    job.watchdog.tick(f"validation at step {p.step}")
     p.last_val = res
     job.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, p.step)
     print0(f"step {p.step}/{job.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
@@ -216,6 +219,7 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         p.step += 1
         p.step_in_epoch += 1
         job.beacon.mark(p.step)
+        job.watchdog.tick(f"train step {p.step}")
         window_images += len(labels)
         window_wait += t1 - t0
         if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
@@ -283,11 +287,13 @@ def cache_weights(model_name: str, weights: str, dist: DistInfo) -> None:
         raise UserError(error or f"weights {model_name} {weights} could not be downloaded (see local rank 0's error)")
 
 
-def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon) -> Job:
+def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchdog) -> Job:
     """Check inputs, build model/optimizer/schedule, restore a checkpoint if resuming."""
     manifest = Manifest.load(cfg.data)
     if cfg.decode == "gpu" and dist.device.type != "cuda":
         raise UserError("--decode gpu needs a CUDA device; use --decode cpu")
+    if cfg.workers:
+        worker_context()  # the loader workers' server starts now, beside the model build
     train = open_split(cfg.data, "train", manifest)
     val_split = manifest.splits.get("val")
     val = open_split(cfg.data, "val", manifest) if val_split and val_split.rows else None
@@ -320,7 +326,7 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon) -> Job:
         scaler=make_scaler(dist.device, autocast_dtype),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ck.MLFLOW_RUN_ID] if resumed else None),
-        beacon=beacon, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
+        beacon=beacon, watchdog=watchdog, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
     if resumed is not None:
         job.load_state(resumed)
         changed = ck.changed_settings(resumed, cfg.to_dict(), dist.world_size)
@@ -353,6 +359,7 @@ def fit(job: Job) -> dict:
                                   cfg.backbone_lr_factor != 1 else ""))
     bar = tqdm(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and job.dist.is_main))
+    job.watchdog.tick(f"start of training at step {p.step}")
     try:
         while p.epoch < cfg.epochs and not job.stop_reached:
             bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
@@ -421,9 +428,10 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     prepare_run_dir(cfg.out)
     dist = compute_init(cfg.dist_timeout)
     beacon = StepBeacon(dist.rank, dist.world_size)
+    watchdog = Watchdog(cfg.out, dist.rank, cfg.stacks_after, on_stall=beacon.stalled)
     job = None
     try:
-        job = setup(cfg, dist, beacon)
+        job = setup(cfg, dist, beacon, watchdog)
         beacon.mark(job.progress.step)
         summary = fit(job)
         job.tracker.close("KILLED" if summary["steps"] < job.total_steps else "FINISHED")
@@ -433,9 +441,11 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
             job.tracker.close("FAILED")
         lost_peer = None if isinstance(exc, UserError) else beacon.describe(exc, cfg.dist_timeout)
         if lost_peer:
-            raise PeerFailure(lost_peer) from exc
+            watchdog.dump("a collective failed")
+            raise PeerFailure(f"{lost_peer}. Python stacks of each rank: {watchdog.directory}") from exc
         raise
     finally:
+        watchdog.close()
         beacon.close()
         compute_cleanup()
 
