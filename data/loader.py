@@ -17,8 +17,9 @@ one-epoch Petastorm reader whose row-group order is seeded by (seed, epoch, pass
 Petastorm's own ``num_epochs=None`` reshuffles a timing-dependent number of times
 between passes (its ventilator thread reshuffles while it waits for queue room), which
 would make runs, and resumed runs, differ. Rows are shuffled again in a buffer that
-spans several row groups. Augmentation randomness is keyed by (seed, epoch, shard,
-batch index), so a resumed epoch can skip batches without decoding them and still see
+spans several row groups. Augmentation randomness (crop boxes and flips, and the
+optional ``auto_augment``/``random_erase`` of :class:`data.transforms.Augment`) is
+keyed by (seed, epoch, shard, batch index), so a resumed epoch can skip batches without decoding them and still see
 exactly the batches an uninterrupted run would have seen.
 
 Loader workers are started by a ``forkserver``, never forked from the rank itself: a
@@ -60,7 +61,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data.errors import UserError
 from data.manifest import COLUMNS, arrow_url
 from data.gpu_decode import JpegBatch, decode_on_device, jpeg_batch
-from data.transforms import MEAN, STD, decode_batch, eval_params, train_params
+from data.transforms import MEAN, STD, Augment, decode_batch, eval_params, train_params
 
 DEFAULT_SHUFFLE_ROWS = 1024
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
@@ -141,9 +142,14 @@ class ParquetImages(IterableDataset):
 
     def __init__(self, parquet: ParquetSplit, *, rank: int, world_size: int, batch_size: int,
                  image_size: int, train: bool, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
-                 shuffle_rows: int = DEFAULT_SHUFFLE_ROWS, decode: str = "cpu"):
+                 shuffle_rows: int = DEFAULT_SHUFFLE_ROWS, decode: str = "cpu", auto_augment: str = "none",
+                 random_erase: float = 0.0):
         if decode not in DECODE_MODES:
             raise UserError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
+        augment = Augment(auto_augment, random_erase)
+        if train and augment.active and decode == "gpu":
+            raise UserError("auto_augment and random_erase run on decoded images in the workers: use decode='cpu'")
+        self.augment = augment if train and augment.active else None
         self.parquet, self.rank, self.world_size, self.decode = parquet, rank, world_size, decode
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
@@ -206,6 +212,9 @@ class ParquetImages(IterableDataset):
                 continue
             params = self._params(shard, b)
             images = jpeg_batch(raw, params) if self.decode == "gpu" else decode_batch(raw, self.image_size, params)
+            if self.augment is not None:
+                key = int(np.random.SeedSequence([self.seed, self.epoch, shard, b, 8]).generate_state(1)[0])
+                images = self.augment(images, key)
             yield images, torch.from_numpy(labels)
 
     def _params(self, shard: int, b: int):

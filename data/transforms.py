@@ -11,13 +11,18 @@ core with 512x384 photos (``python -m bench`` prints the rates): torchvision dec
 
 Random parameters are drawn by :func:`train_params` (box, then flip), separately from
 decoding, so the GPU path (:mod:`data.gpu_decode`) draws exactly the same crops and
-flips in the loader workers. Normalisation happens on the batch (see
-:func:`data.loader.normalize`), which is cheaper than per-image float tensors.
+flips in the loader workers. The optional recipe augmentations (:class:`Augment`:
+AutoAugment-style policies, random erasing) run on the decoded uint8 batch, each image
+on its own, with torchvision's transforms drawing from a generator keyed by the caller.
+Normalisation happens on the batch (see :func:`data.loader.normalize`), which is
+cheaper than per-image float tensors.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -124,6 +129,49 @@ def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], t
     for i, data in enumerate(raw):
         out[i] = decode_crop(data, size, params).permute(1, 2, 0)
     return out.permute(0, 3, 1, 2)
+
+
+AUTO_AUGMENT = ("none", "ta_wide", "ra", "augmix")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """torchvision's recipe augmentations for a uint8 ``[B, 3, H, W]`` batch, each image on
+    its own: the ``auto_augment`` policy (``ta_wide``: TrivialAugmentWide, ``ra``:
+    RandAugment, ``augmix``: AugMix; bilinear, torchvision's defaults), then RandomErasing
+    with probability ``random_erase``, to the ImageNet mean colour (what the reference's
+    erasing to 0 after normalisation gives). ``augment(images, key)`` draws from the torch
+    generator seeded with ``key`` and leaves the process's own generator as it was, so a
+    key always gives the same batch. Plain data: it pickles into loader workers."""
+
+    auto_augment: str = "none"
+    random_erase: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.auto_augment not in AUTO_AUGMENT:
+            raise ValueError(f"auto_augment must be one of {', '.join(AUTO_AUGMENT)}, not {self.auto_augment!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.auto_augment != "none" or self.random_erase > 0
+
+    @functools.cached_property
+    def transform(self):
+        from torchvision.transforms import v2
+
+        bilinear = v2.InterpolationMode.BILINEAR
+        policy = {"ta_wide": v2.TrivialAugmentWide, "ra": v2.RandAugment, "augmix": v2.AugMix}.get(self.auto_augment)
+        steps = [policy(interpolation=bilinear)] if policy else []
+        if self.random_erase:
+            steps.append(v2.RandomErasing(p=self.random_erase, value=[round(255 * m) for m in MEAN]))
+        return v2.Compose(steps)
+
+    def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            for i in range(len(images)):
+                images[i] = self.transform(images[i])
+        return images
 
 
 def decode_eval(data: bytes, size: int) -> np.ndarray:

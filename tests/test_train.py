@@ -26,7 +26,8 @@ from trainer.config import TrainConfig
 from trainer.model import model_from_checkpoint
 
 TRAIN = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.002",
-         "--workers", "2", "--seed", "1", "--log-every", "1", "--no-progress", "--dist-timeout", "60"]
+         "--warmup-steps", "0", "--workers", "2", "--seed", "1", "--log-every", "1", "--no-progress",
+         "--dist-timeout", "60"]
 EPOCHS = 2
 REFERENCE = TRAIN + ["--epochs", str(EPOCHS), "--ckpt-every", "3"]
 STEPS_PER_EPOCH = 84 // (8 * 2)  # train rows // (batch x ranks)

@@ -33,12 +33,17 @@ CLASSES = "classes"
 DATA_FINGERPRINT = "data_fingerprint"
 MODEL_NAME = "model_name"
 WORLD_SIZE = "world_size"          # ranks that trained it
+SKIPPED_STEPS = "skipped_steps"    # steps the fp16 loss scaler skipped
+EMA = "ema"                        # --model-ema: the averaged weights (what validation scored)
+EMA_UPDATES = "ema_updates"
 
 # Settings that shape the data order or the arithmetic: changing one on resume gives a
 # valid run, but not the one an uninterrupted run would have been.
-TRAJECTORY_SETTINGS = ("batch_size", "workers", "seed", "epochs", "steps_per_epoch", "image_size", "lr",
-                       "optimizer", "momentum", "weight_decay", "warmup_steps", "label_smoothing",
-                       "grad_clip", "precision", "decode")
+TRAJECTORY_SETTINGS = ("batch_size", "workers", "seed", "epochs", "steps_per_epoch", "image_size", "lr", "base_lr",
+                       "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_steps", "label_smoothing",
+                       "grad_clip", "precision", "decode", "weights", "weights_path", "backbone_lr_factor",
+                       "freeze_backbone_epochs", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
+                       "model_ema", "model_ema_decay", "compile")
 
 LAST = "last.pt"
 BEST = "best.pt"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from data.errors import UserError
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
+from trainer.precision import PRECISIONS
 
 PROG = "torchrun --nproc-per-node N -m trainer.train"
 DESCRIPTION = "Train a torchvision classifier with DDP on Parquet splits made by data.convert."
@@ -26,25 +27,51 @@ class TrainConfig:
                          help="any torchvision classification model (resnet18, efficientnet_b0, convnext_tiny, "
                               "vit_b_16, ...)")
     weights: str | None = setting(None, metavar="NAME",
-                                  help="start from torchvision weights, e.g. IMAGENET1K_V2 (read from the local "
-                                       "torch cache only, never downloaded); the head is fresh")
+                                  help="start from torchvision weights: a name such as IMAGENET1K_V2 or DEFAULT, "
+                                       "downloaded into the torch cache (TORCH_HOME/hub/checkpoints) when missing, "
+                                       "once per machine; the head is fresh")
     weights_path: str | None = setting(None, metavar="FILE",
                                        help="start from a state_dict file; the head is fresh if its size differs")
+    backbone_lr_factor: float = setting(1.0, above=0, maximum=1, metavar="F",
+                                        help="with --weights/--weights-path: the pretrained layers train at F x "
+                                             "the LR, the fresh head at the LR (fine-tuning: 0.1)")
+    freeze_backbone_epochs: int = setting(0, minimum=0, metavar="N",
+                                          help="with --weights/--weights-path: train only the fresh head for the "
+                                               "first N epochs (BatchNorm statistics still adapt)")
     image_size: int = setting(224, minimum=1, metavar="N", help="training crop / eval crop size")
     epochs: int = setting(10, minimum=1, metavar="N", help="epochs of --steps-per-epoch steps")
     steps_per_epoch: int | None = setting(None, minimum=1, metavar="N", doc="train rows // (batch x ranks)",
                                           help="optimizer steps per epoch, identical on every rank")
     batch_size: int = setting(64, minimum=1, metavar="N",
                               help="per rank; the global batch is this x the number of ranks")
-    lr: float = setting(0.1, above=0, metavar="LR", help="peak learning rate (after warm-up)")
+    lr: float | None = setting(None, above=0, metavar="LR", doc="--base-lr x global batch / 256",
+                               help="peak learning rate (after warm-up), exactly; default: the linear scaling rule")
+    base_lr: float | None = setting(None, above=0, metavar="LR", doc="0.1 (sgd), 0.001 (adamw)",
+                                    help="learning rate per 256 images of global batch, when --lr is not given")
     optimizer: str = setting("sgd", choices=("sgd", "adamw"),
                              help="SGD uses Nesterov momentum; no weight decay on biases and norm weights")
     momentum: float = setting(0.9, metavar="M", help="SGD momentum")
     weight_decay: float = setting(1e-4, metavar="W", help="weight decay (not on biases and norm weights)")
-    warmup_steps: int = setting(0, minimum=0, metavar="N",
-                                help="linear warm-up, then cosine decay to 0 at the last step (the LR changes "
-                                     "every step)")
+    warmup_epochs: float = setting(1.0, minimum=0, metavar="E",
+                                   help="linear warm-up over the first E epochs (at most half the run), then "
+                                        "cosine decay to 0 at the last step; the LR changes every step")
+    warmup_steps: int | None = setting(None, minimum=0, metavar="N", help="warm-up steps, exactly, instead of "
+                                                                          "--warmup-epochs")
     label_smoothing: float = setting(0.0, minimum=0, below=1, metavar="S", help="cross-entropy label smoothing")
+    auto_augment: str = setting("none", choices=("none", "ta_wide", "ra", "augmix"),
+                                help="per-image policy after the crop and flip: TrivialAugmentWide, RandAugment, "
+                                     "AugMix")
+    random_erase: float = setting(0.0, minimum=0, maximum=1, metavar="P",
+                                  help="erase a random rectangle (to the mean colour) with probability P")
+    mixup_alpha: float = setting(0.0, minimum=0, metavar="A", help="MixUp with Beta(A, A) mixing weights (0: off)")
+    cutmix_alpha: float = setting(0.0, minimum=0, metavar="A",
+                                  help="CutMix with Beta(A, A) (0: off); with --mixup-alpha, one of the two per "
+                                       "batch")
+    model_ema: bool = setting(False, help="keep an exponential moving average of the weights; validation, best.pt, "
+                                          "evaluate and predict use it")
+    model_ema_decay: float = setting(0.999, minimum=0, below=1, metavar="D",
+                                     help="EMA decay per step, ramped up as min(D, (1+n)/(10+n)) over the first "
+                                          "n steps")
     grad_clip: float | None = setting(None, metavar="NORM", help="clip the global gradient norm to this")
     workers: int = setting(2, minimum=0, metavar="N",
                            help="loader processes per rank (decode and augmentation run there)")
@@ -63,8 +90,10 @@ class TrainConfig:
     log_every: int = setting(10, minimum=1, metavar="N", help="steps between MLflow train metrics")
     decode: str = setting("cpu", choices=("cpu", "gpu"),
                           help="decode JPEGs in the loader workers (cpu) or batched on the GPU (gpu)")
-    precision: str = setting("auto", choices=("auto", "bf16", "fp32"),
-                             help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: str = setting("auto", choices=PRECISIONS,
+                             help="auto: bf16 autocast on GPUs that have it, fp16 with loss scaling on older ones "
+                                  "(T4, V100), fp32 on CPU; fp16 on CPU is refused")
+    compile: bool = setting(False, help="torch.compile the model (the first steps are slow while it compiles)")
     progress: bool = setting(True, help="no tqdm bar (rank 0 is the only one that shows one anyway)")
     dist_timeout: float = setting(600.0, metavar="S",
                                   help="seconds a collective waits for a dead or stuck rank before failing "
@@ -83,6 +112,14 @@ class TrainConfig:
             raise UserError("give --weights or --weights-path, not both")
         if self.weights_path and not os.path.isfile(self.weights_path):
             raise UserError(f"--weights-path {self.weights_path} not found")
+        if not (self.weights or self.weights_path) and (self.freeze_backbone_epochs or self.backbone_lr_factor != 1):
+            raise UserError("--freeze-backbone-epochs and --backbone-lr-factor need pretrained weights "
+                            "(--weights or --weights-path)")
+        if self.freeze_backbone_epochs >= self.epochs:
+            raise UserError(f"--freeze-backbone-epochs {self.freeze_backbone_epochs} leaves no epoch to train the "
+                            f"backbone in (--epochs {self.epochs})")
+        if self.decode == "gpu" and (self.auto_augment != "none" or self.random_erase):
+            raise UserError("--auto-augment and --random-erase run in the loader workers: use --decode cpu")
 
     def to_dict(self) -> dict:
         return asdict(self)

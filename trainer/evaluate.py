@@ -26,7 +26,7 @@ from trainer.confusion_png import write_confusion_png
 from trainer.distributed import DistInfo, compute_cleanup, compute_init
 from trainer.metrics import ClassificationSums, evaluate
 from trainer.model import model_from_checkpoint, to_device
-from trainer.precision import autocast_context, precision_dtype
+from trainer.precision import PRECISIONS, autocast_context, precision_dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="per rank (default: the training batch size)")
     p.add_argument("--workers", type=int, default=2, help="loader worker processes per rank")
     p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on GPUs that have it, else fp16; fp32 on CPU")
     return p
 
 

@@ -1,9 +1,32 @@
-"""Per-step learning-rate schedule: linear warm-up, then cosine decay to zero."""
+"""The learning rate: how large (the linear scaling rule) and how it moves (warm-up, cosine).
+
+Defaults that learn at any scale: the peak LR is ``base LR x global batch / 256``
+(Goyal et al., "Accurate, Large Minibatch SGD"), with a base per optimizer, and it is
+reached by a linear warm-up, so neither 2 CPU ranks x 32 images nor 64 GPUs x 256
+images start with a step size tuned for another batch. ``--lr`` overrides the rule.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
+
+REFERENCE_BATCH = 256
+BASE_LR = {"sgd": 0.1, "adamw": 0.001}  # per REFERENCE_BATCH images of global batch
+
+
+def peak_lr(lr: float | None, base_lr: float | None, optimizer: str, global_batch: int) -> float:
+    """``lr`` when given, else ``base_lr`` (default: the optimizer's) x ``global_batch`` / 256."""
+    if lr is not None:
+        return lr
+    return (base_lr if base_lr is not None else BASE_LR[optimizer]) * global_batch / REFERENCE_BATCH
+
+
+def warmup_length(warmup_steps: int | None, warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """``warmup_steps`` when given, else ``warmup_epochs`` epochs, at most half of ``total_steps``."""
+    if warmup_steps is not None:
+        return warmup_steps
+    return min(round(warmup_epochs * steps_per_epoch), total_steps // 2)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

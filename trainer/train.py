@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -32,12 +34,18 @@ from trainer.config import TrainConfig, parse_args
 from trainer.peers import StepBeacon
 from trainer.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, compute_cleanup, compute_init,
                                  print0)
+from trainer.ema import ModelEma
 from trainer.metrics import evaluate
-from trainer.model import build_model, to_device
-from trainer.precision import autocast_context, precision_dtype
-from trainer.schedule import warmup_cosine
+from trainer.mixing import BatchMixing
+from trainer.model import fetch_weights, pretrained_model, to_device
+from trainer.precision import autocast_context, make_scaler, precision_dtype, precision_name
+from trainer.schedule import BASE_LR, peak_lr, warmup_cosine, warmup_length
 from trainer.tracking import NullTracker, make_tracker
 from trainer.watchdog import Watchdog
+
+# A step the GradScaler skips (its gradients overflowed) leaves the optimizer unstepped
+# while the schedule moves on, as it should: the warning about that says nothing to act on.
+warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Progress:
     step_in_epoch: int = 0  # steps of that epoch done
     best_top1: float = -1.0
     last_val: dict = field(default_factory=dict)
+    skipped_steps: int = 0  # steps the fp16 loss scaler skipped (their gradients overflowed)
     images: int = 0         # images trained on by this process, this session
     busy_s: float = 0.0     # wall time of those steps
     wait_s: float = 0.0     # of which waiting for the loader
@@ -63,8 +72,13 @@ class Job:
     train: ParquetSplit
     val: ParquetSplit | None
     steps_per_epoch: int
-    model: nn.Module          # the DDP-wrapped model (or the model itself in a world of one)
+    model: nn.Module          # what trains: the DDP-wrapped (and/or compiled) model_without_ddp
     model_without_ddp: nn.Module
+    backbone: list[nn.Parameter]  # the pretrained parameters (--freeze-backbone-epochs); empty without weights
+    ema: ModelEma | None      # --model-ema
+    mixing: BatchMixing | None  # --mixup-alpha / --cutmix-alpha
+    lr: float                 # the peak LR (after warm-up): --lr or the linear scaling rule
+    warmup_steps: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -88,6 +102,20 @@ class Job:
     def autocast(self):
         return autocast_context(self.dist.device, self.autocast_dtype)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores and checkpoints offer for inference: the EMA when kept."""
+        return self.ema.module if self.ema is not None else self.model_without_ddp
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze or unfreeze the pretrained parameters, wrapping the model afresh when that
+        changes (DDP reduces the gradients of the parameters that required them when wrapped)."""
+        if self.backbone and self.backbone[0].requires_grad == frozen:
+            for param in self.backbone:
+                param.requires_grad_(not frozen)
+            self.model = wrap_model(self.model_without_ddp, self.dist, self.cfg.compile)
+            print0(f"backbone {'frozen' if frozen else 'unfrozen'} from epoch {self.progress.epoch + 1}")
+
     def loader(self, parquet: ParquetSplit, train: bool, epoch: int = 0, skip: int = 0):
         """The public :func:`data.make_train_loader` (``steps_per_epoch`` batches from step
         ``skip`` of ``epoch``) or :func:`data.make_eval_loader`, for this rank."""
@@ -96,7 +124,8 @@ class Job:
                       image_size=self.cfg.image_size, decode=self.cfg.decode)
         if train:
             return make_train_loader(parquet, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
-                                     skip_batches=skip, **common)
+                                     skip_batches=skip, auto_augment=self.cfg.auto_augment,
+                                     random_erase=self.cfg.random_erase, **common)
         return make_eval_loader(parquet, **common)
 
     def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
@@ -113,7 +142,8 @@ class Job:
             ck.STEP: p.step, ck.EPOCH: p.epoch, ck.STEP_IN_EPOCH: p.step_in_epoch, ck.BEST_TOP1: p.best_top1,
             ck.CONFIG: self.cfg.to_dict(), ck.RNG: ck.rng_state(), ck.MLFLOW_RUN_ID: self.tracker.run_id,
             ck.CLASSES: self.manifest.classes, ck.DATA_FINGERPRINT: self.manifest.fingerprint,
-            ck.MODEL_NAME: self.cfg.model, ck.WORLD_SIZE: self.dist.world_size,
+            ck.MODEL_NAME: self.cfg.model, ck.WORLD_SIZE: self.dist.world_size, ck.SKIPPED_STEPS: p.skipped_steps,
+            **({ck.EMA: self.ema.state_dict(), ck.EMA_UPDATES: self.ema.updates} if self.ema is not None else {}),
         }
 
     def load_state(self, state: dict) -> None:
@@ -124,9 +154,13 @@ class Job:
         self.optimizer.load_state_dict(state[ck.OPTIMIZER])
         self.scheduler.load_state_dict(state[ck.SCHEDULER])
         self.scaler.load_state_dict(state[ck.SCALER])
+        if self.ema is not None:
+            if ck.EMA not in state:
+                raise UserError("--model-ema: the checkpoint has no EMA weights (its run had no --model-ema)")
+            self.ema.load_state_dict(state[ck.EMA], state[ck.EMA_UPDATES])
         ck.set_rng_state(state[ck.RNG])
         self.progress = Progress(step=state[ck.STEP], epoch=state[ck.EPOCH], step_in_epoch=state[ck.STEP_IN_EPOCH],
-                                 best_top1=state[ck.BEST_TOP1])
+                                 best_top1=state[ck.BEST_TOP1], skipped_steps=state.get(ck.SKIPPED_STEPS, 0))
 
     def save(self, name: str) -> str | None:
         if not self.dist.is_main:
@@ -135,11 +169,12 @@ class Job:
 
 
 def validate(job: Job) -> dict:
-    """Run :func:`evaluate` on the val split; log it, keep ``best.pt`` when top-1 improves."""
-    broadcast_buffers(job.model_without_ddp)  # every rank scores the model rank 0 saves
+    """Run :func:`evaluate` on the val split (the EMA weights with ``--model-ema``); log it,
+    keep ``best.pt`` when top-1 improves."""
+    broadcast_buffers(job.eval_model)  # every rank scores the model rank 0 saves
     p = job.progress
     with job.loader(job.val, train=False) as batches:
-        res = evaluate(job.model_without_ddp, job.watchdog.watch(batches, f"validation at step {p.step}"),
+        res = evaluate(job.eval_model, job.watchdog.watch(batches, f"validation at step {p.step}"),
                        job.dist.device, job.manifest.num_classes, job.inputs, job.autocast).results()
     job.watchdog.tick(f"validation at step {p.step}")
     p.last_val = res
@@ -156,23 +191,30 @@ def validate(job: Job) -> dict:
 def train_one_epoch(job: Job, batches, bar) -> None:
     """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all
     (fewer only when ``--stop-after-steps`` is reached first)."""
-    cfg, p, model = job.cfg, job.progress, job.model
-    model.train()
+    cfg, p = job.cfg, job.progress
+    job.model.train()
     window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
     while p.step_in_epoch < job.steps_per_epoch and not job.stop_reached:
         t0 = time.perf_counter()
         images, labels = next(batches)
         t1 = time.perf_counter()
         x, y = job.inputs(images, labels)
+        if job.mixing is not None:
+            x, y = job.mixing(x, y, p.step)
         with job.autocast():
-            loss = job.criterion(model(x), y)
+            loss = job.criterion(job.model(x), y)
         job.optimizer.zero_grad(set_to_none=True)
         job.scaler.scale(loss).backward()
         if cfg.grad_clip:
             job.scaler.unscale_(job.optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(job.model_without_ddp.parameters(), cfg.grad_clip)
+        scale = job.scaler.get_scale() if job.scaler.is_enabled() else 0.0
         job.scaler.step(job.optimizer)
         job.scaler.update()
+        if job.scaler.is_enabled() and job.scaler.get_scale() < scale:  # backed off: this step was skipped
+            p.skipped_steps += 1
+        if job.ema is not None:
+            job.ema.update(job.model_without_ddp)
         job.scheduler.step()
         p.step += 1
         p.step_in_epoch += 1
@@ -187,7 +229,8 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             metrics = {"train_loss": float(ranks_loss[0] / ranks_loss[1]),
                        "lr": job.scheduler.get_last_lr()[0],
                        "train_images_per_s": window_images * job.dist.world_size / elapsed,
-                       "data_wait_fraction": window_wait / elapsed}
+                       "data_wait_fraction": window_wait / elapsed,
+                       **({"skipped_steps": p.skipped_steps} if job.scaler.is_enabled() else {})}
             job.tracker.log_metrics(metrics, p.step)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", lr=f"{metrics['lr']:.2e}",
                             img_s=f"{metrics['train_images_per_s']:.0f}")
@@ -204,16 +247,44 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             job.save(ck.LAST)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, or AdamW, at ``--lr``; weight decay only on weights of
+def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float,
+                    backbone: set[str] = frozenset()) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW, at ``lr``; the ``backbone`` parameters (by name:
+    the pretrained ones) at ``lr x --backbone-lr-factor``; weight decay only on weights of
     two or more dimensions (not on biases and norm weights)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (pretrained, decays) -> parameters
+    for name, param in model.named_parameters():
+        groups.setdefault((name in backbone, param.ndim > 1), []).append(param)
+    order = [(False, True), (False, False), (True, True), (True, False)]  # as before there was a backbone group:
+    param_groups = [{"params": groups[key], "weight_decay": cfg.weight_decay if key[1] else 0.0,  # old checkpoints load
+                     "lr": lr * cfg.backbone_lr_factor if key[0] else lr} for key in order if key in groups]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=lr)
+
+
+def wrap_model(model: nn.Module, dist: DistInfo, compile_: bool) -> nn.Module:
+    """What the training steps call: ``model`` in DDP (in a world of more than one), then
+    ``torch.compile``d when asked. Checkpoints keep ``model`` itself: no ``module.`` or
+    ``_orig_mod.`` prefixes."""
+    if dist.distributed:
+        model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    return torch.compile(model) if compile_ else model
+
+
+def cache_weights(model_name: str, weights: str, dist: DistInfo) -> None:
+    """Put torchvision ``weights`` in the torch cache, downloading once per machine: local
+    rank 0 fetches them while the other ranks wait, then every rank reads the cached file.
+    If the download fails every rank stops with a one-line error."""
+    error = None
+    if dist.local_rank == 0:
+        try:
+            fetch_weights(model_name, weights, progress=True)
+        except UserError as exc:
+            error = str(exc)
+    failed = all_reduce_sum(torch.tensor([error is not None], dtype=torch.int64))  # also: the others wait here
+    if failed.item():
+        raise UserError(error or f"weights {model_name} {weights} could not be downloaded (see local rank 0's error)")
 
 
 def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchdog) -> Job:
@@ -233,20 +304,29 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
         ck.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
                             model_name=cfg.model, path=resume_path)
 
+    autocast_dtype = precision_dtype(cfg.precision, dist.device)
+    if cfg.weights:
+        cache_weights(cfg.model, cfg.weights, dist)
     torch.manual_seed(cfg.seed)
-    model = to_device(build_model(cfg.model, manifest.num_classes, cfg.weights, cfg.weights_path), dist.device)
-    cuda = dist.device.type == "cuda"
-    optimizer = build_optimizer(cfg, model)
+    model, fresh = pretrained_model(cfg.model, manifest.num_classes, cfg.weights, cfg.weights_path)
+    model = to_device(model, dist.device)
+    backbone = {name for name, _ in model.named_parameters() if name not in fresh}
+    total_steps = cfg.epochs * steps_per_epoch
+    lr = peak_lr(cfg.lr, cfg.base_lr, cfg.optimizer, cfg.batch_size * dist.world_size)
+    warmup_steps = warmup_length(cfg.warmup_steps, cfg.warmup_epochs, steps_per_epoch, total_steps)
+    optimizer = build_optimizer(cfg, model, lr, backbone)
+    mixing = BatchMixing(manifest.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.seed, dist.rank)
     job = Job(
         cfg=cfg, dist=dist, manifest=manifest, train=train, val=val, steps_per_epoch=steps_per_epoch,
-        model=DDP(model, device_ids=[dist.device.index] if cuda else None) if dist.distributed else model,
-        model_without_ddp=model, optimizer=optimizer,
-        scheduler=warmup_cosine(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch),
-        scaler=torch.amp.GradScaler(dist.device.type, enabled=False),  # bf16 needs no loss scaling
+        model=wrap_model(model, dist, cfg.compile), model_without_ddp=model,
+        backbone=[param for name, param in model.named_parameters() if name in backbone],
+        ema=ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None,
+        mixing=mixing if mixing.active else None, lr=lr, warmup_steps=warmup_steps, optimizer=optimizer,
+        scheduler=warmup_cosine(optimizer, warmup_steps, total_steps),
+        scaler=make_scaler(dist.device, autocast_dtype),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ck.MLFLOW_RUN_ID] if resumed else None),
-        beacon=beacon, watchdog=watchdog, autocast_dtype=precision_dtype(cfg.precision, dist.device),
-        channels_last=cuda)
+        beacon=beacon, watchdog=watchdog, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
     if resumed is not None:
         job.load_state(resumed)
         changed = ck.changed_settings(resumed, cfg.to_dict(), dist.world_size)
@@ -263,18 +343,27 @@ def fit(job: Job) -> dict:
     cfg, p = job.cfg, job.progress
     job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size,
                             "steps_per_epoch": job.steps_per_epoch, "num_classes": job.manifest.num_classes,
-                            "data_fingerprint": job.manifest.fingerprint})
+                            "data_fingerprint": job.manifest.fingerprint, "effective_lr": job.lr,
+                            "effective_warmup_steps": job.warmup_steps,
+                            "effective_precision": precision_name(job.autocast_dtype)})
     job.tracker.log_dict(job.manifest.classes, "classes.json")
     job.tracker.log_dict(cfg.to_dict(), "config.json")
     print0(f"training {cfg.model} on {job.train.rows} images, {job.manifest.num_classes} classes: "
            f"{job.dist.world_size} rank(s) x batch {cfg.batch_size}, {cfg.epochs} epochs x "
-           f"{job.steps_per_epoch} steps, device {job.dist.device.type}")
+           f"{job.steps_per_epoch} steps, device {job.dist.device.type}, {precision_name(job.autocast_dtype)}")
+    global_batch = cfg.batch_size * job.dist.world_size
+    rule = "--lr" if cfg.lr is not None else (f"{cfg.base_lr or BASE_LR[cfg.optimizer]:g} per 256 images x "
+                                             f"global batch {global_batch} / 256")
+    print0(f"{cfg.optimizer} LR {job.lr:.4g} ({rule}), linear warm-up over {job.warmup_steps} steps, "
+           f"then cosine to 0" + (f"; pretrained layers at {cfg.backbone_lr_factor:g} x" if job.backbone and
+                                  cfg.backbone_lr_factor != 1 else ""))
     bar = tqdm(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and job.dist.is_main))
     job.watchdog.tick(f"start of training at step {p.step}")
     try:
         while p.epoch < cfg.epochs and not job.stop_reached:
             bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
+            job.set_backbone_frozen(p.epoch < cfg.freeze_backbone_epochs)
             with job.loader(job.train, train=True, epoch=p.epoch, skip=p.step_in_epoch) as batches:
                 train_one_epoch(job, batches, bar)
             if p.step_in_epoch < job.steps_per_epoch:  # --stop-after-steps, mid-epoch
@@ -306,6 +395,7 @@ def summarize(job: Job) -> dict:
         "steps": p.step, "steps_per_epoch": job.steps_per_epoch, "epochs": job.cfg.epochs,
         "world_size": world, "val_top1": val.get("top1"), "val_top5": val.get("top5"),
         "val_loss": val.get("loss"), "val_count": val.get("count"), "best_val_top1": max(p.best_top1, 0.0),
+        "skipped_steps": p.skipped_steps,
         "train_images_per_s": float(stats[0] / (stats[1] / world)) if stats[1] else None,
         "data_wait_fraction": float(stats[2] / stats[1]) if stats[1] else None,
         "rank_steps": [int(v) for v in stats[3:]],  # optimizer steps each rank ran: all equal
