@@ -1,10 +1,8 @@
-"""The benchmark's outputs: per-path ratios, goal checks, a printed table, a bar chart PNG."""
+"""The benchmark's outputs: per-path ratios, goal checks, a printed table, a bar chart PNG (matplotlib)."""
 from __future__ import annotations
 
 import json
 import os
-
-from PIL import Image, ImageDraw, ImageFont
 
 BASELINE = "raw_files"
 # (path, reference path, minimum ratio): the benchmark's goals, checked in every run.
@@ -86,24 +84,28 @@ def format_table(result: dict) -> str:
 
 
 def bar_chart(paths: dict[str, dict], out_png: str, title: str) -> str:
-    """A horizontal bar chart of images/s per path, drawn with Pillow."""
-    font = ImageFont.load_default()
+    """A horizontal bar chart of images/s per path, drawn with matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
     names = list(paths)
-    width, row, left, top = 900, 34, 200, 50
-    img = Image.new("RGB", (width, top + row * len(names) + 20), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 15), title, fill="black", font=font)
-    peak = max((p["images_per_s"] for p in paths.values()), default=1.0) or 1.0
-    for i, name in enumerate(names):
-        y, ips = top + i * row, paths[name]["images_per_s"]
-        length = int((width - left - 170) * ips / peak)
-        colour = (46, 134, 193) if name.startswith("project") else (150, 150, 150)
-        draw.text((10, y + 8), name, fill="black", font=font)
-        draw.rectangle([left, y + 4, left + max(length, 1), y + row - 6], fill=colour)
+    rates = [paths[n]["images_per_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(names)))
+    bars = ax.barh(names, rates, color=["#2e86c1" if n.startswith("project") else "#969696" for n in names])
+    ax.invert_yaxis()  # the first path on top
+    for bar, name in zip(bars, names):
         ratio = paths[name][f"ratio_to_{BASELINE}"]
-        label = f"{ips:.0f} img/s" + ("" if ratio is None else f"  ({ratio:.2f}x raw)")
-        draw.text((left + length + 8, y + 8), label, fill="black", font=font)
-    img.save(out_png)
+        ax.annotate(f"{bar.get_width():.0f} img/s" + ("" if ratio is None else f"  ({ratio:.2f}x raw)"),
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlabel("images/s delivered")
+    ax.set_xlim(0, max(rates, default=1.0) * 1.35 or 1.0)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, format="png", dpi=100)
+    plt.close(fig)
     return out_png
 
 

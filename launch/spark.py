@@ -9,6 +9,11 @@ From a shell::
 
     python -m launch.spark --num-processes 2 -- --data demo/data --out demo/run --epochs 1
 
+Any training function or script too, HorovodRunner-style (``run(fn, *args, **kwargs)``;
+``python -m launch.spark --script examples/custom_loop.py -- ARGS``): every rank calls it
+under the same conveniences (rank 0's return value back, a UserError as one line, the GPU
+checks).
+
 ``local_mode=True`` (default) starts ``num_processes`` training processes on the driver;
 ``local_mode=False`` (``--cluster``) runs one process per Spark task on the executors,
 one GPU each when ``spark.task.resource.gpu.amount`` is 1. Either way every process
@@ -20,8 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from data.errors import UserError, cli
 from data.spark import parse_conf, spark_session
@@ -34,27 +40,46 @@ if TYPE_CHECKING:
 USER_ERROR = "sparkdp_user_error"
 
 
-def train_on_rank(cfg: "TrainConfig", hide_gpus: bool) -> dict | None:
-    """What every TorchDistributor process runs: the trainer, with user errors returned.
+def on_rank(fn: Callable, hide_gpus: bool, args: tuple, kwargs: dict) -> Any:
+    """What every TorchDistributor process runs: ``fn(*args, **kwargs)``, user errors returned.
 
     TorchDistributor's local mode has all processes pickle their return value to one
-    file, so the last to finish wins. Only rank 0 holds the summary, so the other
+    file, so the last to finish wins. Only rank 0's value counts, so the other
     processes of a node leave without writing (``SystemExit(0)``: a clean exit for
     torchrun). In cluster mode each Spark task has its own file (LOCAL_RANK is 0).
     """
     if hide_gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from trainer.train import main
-
     try:
-        summary = main(cfg)
+        value = fn(*args, **kwargs)
     except UserError as exc:
         print(f"[rank {os.environ.get('RANK', '0')}] error: {exc}", file=sys.stderr, flush=True)
         return {USER_ERROR: str(exc)}
-    if summary is None and int(os.environ.get("LOCAL_RANK", "0")) != 0:
+    if int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("LOCAL_RANK", "0")) != 0:
         sys.stdout.flush()
         raise SystemExit(0)
-    return summary
+    return value
+
+
+def train(cfg: "TrainConfig") -> dict | None:
+    """The built-in trainer on one rank: rank 0's summary, None elsewhere."""
+    from trainer.train import main
+
+    return main(cfg)
+
+
+def run_script(path: str, argv: list[str]) -> None:
+    """A training script on one rank, as ``python path ARGS`` would run it; a failing exit
+    status is a UserError naming the script (its own messages are on stderr above)."""
+    saved = sys.argv
+    sys.argv = [path, *argv]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise UserError(f"{os.path.basename(path)} exited with status {exc.code}") from None
+    finally:
+        sys.argv = saved
 
 
 def trainer_config(trainer_args: list[str]) -> "TrainConfig":
@@ -107,9 +132,14 @@ def check_driver_gpus(num_processes: int) -> None:
                         "or use_gpu=False (--no-gpu) to train on CPU")
 
 
-def run(trainer_args: list[str], num_processes: int = 1, local_mode: bool = True,
-        use_gpu: bool | None = None, spark=None) -> dict:
-    """Train through TorchDistributor; returns rank 0's summary dict.
+def run(target: list[str] | Callable | str, *args, num_processes: int = 1, local_mode: bool = True,
+        use_gpu: bool | None = None, spark=None, **kwargs) -> Any:
+    """Train through TorchDistributor; returns rank 0's return value.
+
+    ``target``: the trainer's arguments (a list: rank 0's summary dict comes back), a
+    function (every rank calls ``target(*args, **kwargs)``, e.g. a loop on the public API;
+    define it in the notebook or in a module installed on the executors), or the path of
+    a ``.py`` script (every rank runs it with ``args`` as its command line; None comes back).
 
     ``use_gpu``: None picks GPUs when the Spark conf declares them (local mode:
     ``spark.driver.resource.gpu.amount``, cluster: ``spark.task.resource.gpu.amount``);
@@ -120,12 +150,25 @@ def run(trainer_args: list[str], num_processes: int = 1, local_mode: bool = True
     """
     if num_processes < 1:
         raise UserError("num_processes must be >= 1")
-    cfg = trainer_config(trainer_args)
+    if isinstance(target, (list, tuple)):
+        fn, args, kwargs = train, (trainer_config(list(target)),), {}
+    elif isinstance(target, str):
+        if not os.path.isfile(target):
+            raise UserError(f"script not found: {target}")
+        fn, args, kwargs = run_script, (os.path.abspath(target), [str(a) for a in args]), {}
+    elif callable(target):
+        fn = target
+    else:
+        raise UserError(f"run() takes trainer arguments, a function or a script path, not {type(target).__name__}")
     with spark_session(spark) as session:
-        return _distribute(cfg, session, num_processes, local_mode, use_gpu)
+        value = _distribute(session, num_processes, local_mode, use_gpu, fn, args, kwargs)
+    if isinstance(target, (list, tuple)) and not isinstance(value, dict):
+        raise RuntimeError(f"TorchDistributor returned {value!r} instead of rank 0's summary")
+    return value
 
 
-def _distribute(cfg: "TrainConfig", spark, num_processes: int, local_mode: bool, use_gpu: bool | None) -> dict:
+def _distribute(spark, num_processes: int, local_mode: bool, use_gpu: bool | None, fn: Callable, args: tuple,
+                kwargs: dict) -> Any:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     has_gpus = spark_gpus(spark, local_mode)
@@ -136,12 +179,10 @@ def _distribute(cfg: "TrainConfig", spark, num_processes: int, local_mode: bool,
         check_driver_gpus(num_processes)
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode,
                                    use_gpu=has_gpus if use_gpu is None else use_gpu)
-    summary = distributor.run(train_on_rank, cfg, use_gpu is False)
-    if isinstance(summary, dict) and USER_ERROR in summary:
-        raise UserError(summary[USER_ERROR])
-    if not isinstance(summary, dict):
-        raise RuntimeError(f"TorchDistributor returned {summary!r} instead of rank 0's summary")
-    return summary
+    value = distributor.run(on_rank, fn, use_gpu is False, args, kwargs)
+    if isinstance(value, dict) and USER_ERROR in value:
+        raise UserError(value[USER_ERROR])
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run trainer.train through Spark's TorchDistributor. "
                     "Everything after `--` goes to the trainer (see python -m trainer.train --help).")
     p.add_argument("--num-processes", type=int, default=1, help="training processes (ranks)")
+    p.add_argument("--script", metavar="FILE.py",
+                   help="run this training script on every rank instead of trainer.train; the arguments after "
+                        "`--` are its own")
     p.add_argument("--cluster", action="store_true",
                    help="one process per Spark task on the executors (default: all on the driver)")
     gpu = p.add_mutually_exclusive_group()
@@ -161,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> Any:
     """CLI: start Spark, run :func:`run`, print the summary as JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
@@ -169,15 +213,24 @@ def main(argv: list[str] | None = None) -> dict:
         args, trainer_args = build_parser().parse_args(argv[:cut]), argv[cut + 1:]
     else:
         args, trainer_args = build_parser().parse_known_args(argv)
-    if not trainer_args:
-        raise UserError("no trainer arguments: add `-- --data DATA --out RUN_DIR ...`")
-    trainer_config(trainer_args)  # fail on a typo before starting Spark
+    if args.script:
+        if not os.path.isfile(args.script):
+            raise UserError(f"script not found: {args.script}")
+        target, rest = args.script, trainer_args
+    else:
+        if not trainer_args:
+            raise UserError("no trainer arguments: add `-- --data DATA --out RUN_DIR ...`")
+        trainer_config(trainer_args)  # fail on a typo before starting Spark
+        target, rest = trainer_args, []
     master = args.master or f"local[{max(args.num_processes, 1)}]"
     with spark_session(master=master, conf=parse_conf(args.spark_conf)) as spark:
-        summary = run(trainer_args, args.num_processes, local_mode=not args.cluster,
-                      use_gpu=args.use_gpu, spark=spark)
-    print(json.dumps(summary, indent=2))
-    return summary
+        value = run(target, *rest, num_processes=args.num_processes, local_mode=not args.cluster,
+                    use_gpu=args.use_gpu, spark=spark)
+    if value is not None:
+        print(json.dumps(value, indent=2, default=str))
+    else:
+        print(f"{args.script}: done on {args.num_processes} process(es)")
+    return value
 
 
 if __name__ == "__main__":

@@ -35,6 +35,17 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A standalone Spark master and two 1-core workers on 127.0.0.1 (:mod:`tests.spark_cluster`),
+    for the whole test session; stopped (exactly the processes it started) at the end."""
+    from tests.spark_cluster import SparkCluster
+
+    cluster = SparkCluster(str(tmp_path_factory.mktemp("spark_cluster")), workers=2)
+    yield cluster
+    cluster.stop()
+
+
 def converted(request: pytest.FixtureRequest, files_per_split: int, seed: int):
     """``(data folder, manifest)`` of the synthetic images converted with these options."""
     from data.manifest import MANIFEST, Manifest
@@ -52,6 +63,23 @@ def converted(request: pytest.FixtureRequest, files_per_split: int, seed: int):
         convert(images, out, files_per_split=files_per_split, seed=seed, spark=request.getfixturevalue("spark"),
                 progress=False)
     return out, Manifest.load(out)
+
+
+TRAIN_SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--optimizer", "adamw",
+               "--lr", "0.002", "--workers", "0", "--epochs", "1", "--steps-per-epoch", "3", "--no-progress"]
+REGISTERED_MODEL = "sparkdp-test-model"
+
+
+@pytest.fixture(scope="session")
+def trained_run(request, tmp_path_factory):
+    """A short 1-process run on the ``one_group`` data set that registers its MLflow model:
+    ``(data folder, run folder, summary)``."""
+    from tests.procs import ok, run, summary_of
+
+    data, _ = converted(request, files_per_split=1, seed=7)
+    out = str(tmp_path_factory.mktemp("trained_run"))
+    ok(run("trainer.train", "--data", data, "--out", out, *TRAIN_SMALL, "--register-model", REGISTERED_MODEL))
+    return data, out, summary_of(out)
 
 
 @pytest.fixture(scope="module")

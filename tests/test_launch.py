@@ -172,3 +172,53 @@ def test_missing_data_url_is_one_plain_line(tmp_path):
         Manifest.load("file://" + str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=r"manifest.json not found: is file://"):
         Manifest.load("file://" + str(tmp_path))
+
+
+# --- custom loops through TorchDistributor ------------------------------------------------
+
+def _ranks_meet(scale: int, *, tag: str) -> dict:
+    """A training function as a notebook would define it: joins the group, all-reduces."""
+    import torch
+
+    from trainer import all_reduce_sum, compute_cleanup, compute_init
+
+    dist = compute_init()
+    try:
+        if tag == "fail":
+            raise UserError("no data here")
+        total = all_reduce_sum(torch.tensor([float(dist.rank)], dtype=torch.float64))
+        return {"world_size": dist.world_size, "rank_sum": int(total[0]), "scale": scale, "tag": tag}
+    finally:
+        compute_cleanup()
+
+
+@pytest.fixture
+def by_value():
+    """Functions of this module travel by value, as a notebook's do (the ranks cannot import it)."""
+    import sys
+
+    from pyspark import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+
+
+def test_a_function_runs_on_every_rank_and_rank_0_returns(spark, by_value):
+    value = launch_spark.run(_ranks_meet, 3, num_processes=2, tag="x")
+    assert value == {"world_size": 2, "rank_sum": 1, "scale": 3, "tag": "x"}
+    with pytest.raises(UserError, match="^no data here$"):
+        launch_spark.run(_ranks_meet, 3, num_processes=2, tag="fail")
+
+
+def test_a_custom_loop_script_runs_in_local_mode(spark, dataset, tmp_path, capsys):
+    out = str(tmp_path / "custom")
+    script = os.path.join(ROOT, "examples", "custom_loop.py")
+    launch_spark.main(["--num-processes", "2", "--script", script, "--", "--data", dataset, "--out", out,
+                       "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--image-size", "32",
+                       "--workers", "0"])
+    assert "custom_loop.py: done on 2 process(es)" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(out, "checkpoints", "last.pt"))
+    with pytest.raises(UserError, match="custom_loop.py exited with status 2"):  # argparse: --data missing
+        launch_spark.run(script, "--out", out, num_processes=1)

@@ -18,6 +18,7 @@ from data.convert.cli import build_parser as convert_parser
 from data.convert.conversion import ConvertOptions
 from data.errors import UserError
 from data.settings import declared, documented_default
+from launch.batch_predict import PredictOptions
 from tests.procs import ROOT
 from trainer.config import TrainConfig, parse_args
 
@@ -25,6 +26,7 @@ DOCUMENTED = [  # (document, heading above its option table, the settings it doc
     ("README.md", "## Training", TrainConfig),
     ("README.md", "## Converting images", ConvertOptions),
     ("bench/README.md", "## Options", BenchOptions),
+    ("README.md", "## Using the model", PredictOptions),
 ]
 
 

@@ -87,6 +87,9 @@ class TrainConfig:
                                                 "unchanged): a time-boxed slice of a longer run, continued later "
                                                 "with --resume auto")
     experiment: str = setting("sparkdp", metavar="NAME", help="MLflow experiment name")
+    register_model: str | None = setting(None, metavar="NAME",
+                                         help="register the run's MLflow model (artifact `model`) as a new "
+                                              "version of NAME in the MLflow Model Registry")
     log_every: int = setting(10, minimum=1, metavar="N", help="steps between MLflow train metrics")
     decode: str = setting("cpu", choices=("cpu", "gpu"),
                           help="decode JPEGs in the loader workers (cpu) or batched on the GPU (gpu)")

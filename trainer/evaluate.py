@@ -22,11 +22,12 @@ from data.loader import normalize
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, open_split
 from trainer import checkpoint as ck
-from trainer.confusion_png import write_confusion_png
+from trainer.confusion_plot import write_confusion_png
 from trainer.distributed import DistInfo, compute_cleanup, compute_init
 from trainer.metrics import ClassificationSums, evaluate
 from trainer.model import model_from_checkpoint, to_device
 from trainer.precision import PRECISIONS, autocast_context, precision_dtype
+from trainer.tracking import checkpoint_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 autocast on GPUs that have it, else fp16; fp32 on CPU")
+    p.add_argument("--log-to-run", action="store_true",
+                   help="also log the metrics (SPLIT_loss, SPLIT_top1, ...), the confusion matrix and the JSON "
+                        "into the MLflow run the checkpoint came from")
     return p
 
 
@@ -116,6 +120,17 @@ def print_report(res: dict) -> None:
     print(f"confusion matrix: {res['confusion_png']}", flush=True)
 
 
+def log_to_run(checkpoint: str, res: dict) -> None:
+    """Add the results to the checkpoint's MLflow run: ``SPLIT_loss/top1/top5/count`` at the
+    checkpoint's step, the confusion-matrix picture and the JSON under ``evaluation/``."""
+    tracker = checkpoint_run(checkpoint, ck.load_checkpoint(checkpoint).get(ck.MLFLOW_RUN_ID))
+    split = res["split"]
+    tracker.log_metrics({f"{split}_{k}": res[k] for k in ("loss", "top1", "top5", "count")}, res["step"])
+    tracker.log_dict(res, f"evaluation/{split}.json")
+    tracker.client.log_artifact(tracker.run_id, res["confusion_png"], "evaluation")
+    print(f"logged to MLflow run {tracker.run_id} ({tracker.tracking_uri})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Evaluate; returns the results dict on rank 0 (None on other ranks)."""
     a = build_parser().parse_args(argv)
@@ -135,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             with open(a.json, "w") as f:
                 json.dump(res, f, indent=2)
             print(f"json: {os.path.abspath(a.json)}", flush=True)
+        if a.log_to_run:
+            log_to_run(a.checkpoint, res)
         return res
     finally:
         compute_cleanup()

@@ -1,9 +1,8 @@
 """Classify image files with a checkpoint: ``python -m trainer.predict --checkpoint FILE IMAGE...``.
 
 The class names come from the checkpoint. Each file goes through the same steps as
-training data: :func:`data.convert.images.to_rgb_jpeg` (any format Pillow reads, made an upright
-RGB JPEG exactly as ``data.convert`` stores it), then the eval transform
-(:func:`data.transforms.decode_eval`: resize and centre crop to the trained size).
+training data (:mod:`trainer.classify`: made an upright RGB JPEG exactly as
+``data.convert`` stores it, then resize and centre crop to the trained size).
 Prints the top-k classes with softmax probabilities per image.
 """
 from __future__ import annotations
@@ -13,16 +12,10 @@ import os
 import sys
 
 import numpy as np
-import torch
 
+from data.convert.images import BadImage
 from data.errors import UserError, cli
-from data.convert.images import BadImage, to_rgb_jpeg
-from data.loader import normalize
-from data.transforms import decode_eval
-from trainer import checkpoint as ck
-from trainer.model import model_from_checkpoint
-
-CHUNK = 32  # images per forward pass
+from trainer.classify import CHUNK, Classifier, prepare_image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,14 +31,12 @@ def load_image(path: str, size: int) -> np.ndarray:
     """One file as the eval transform's HWC uint8 array; a plain UserError if unusable."""
     try:
         with open(path, "rb") as f:
-            jpeg = to_rgb_jpeg(f.read()).jpeg
+            return prepare_image(f.read(), size)
     except (OSError, BadImage) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UserError(f"cannot read image {path}: {reason}") from None
-    return decode_eval(jpeg, size)
 
 
-@torch.no_grad()
 def predict(checkpoint: str, images: list[str], top_k: int = 5,
             image_size: int | None = None) -> dict[str, list[tuple[str, float]]]:
     """``{image path: [(class name, probability), ...]}``, best first, ``top_k`` long."""
@@ -55,20 +46,11 @@ def predict(checkpoint: str, images: list[str], top_k: int = 5,
     if missing:  # before loading the model: say it at once
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"image not found: {missing[0]}{more}")
-    state = ck.load_checkpoint(checkpoint)
-    classes = list(state[ck.CLASSES])
-    size = image_size or state[ck.CONFIG]["image_size"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model_from_checkpoint(state).to(device)
-    k = min(top_k, len(classes))
+    classifier = Classifier.from_file(checkpoint, image_size=image_size)
     out: dict[str, list[tuple[str, float]]] = {}
-    for start in range(0, len(images), CHUNK):
+    for start in range(0, len(images), CHUNK):  # a chunk of images in memory at a time
         paths = images[start:start + CHUNK]
-        batch = torch.from_numpy(np.stack([load_image(p, size) for p in paths])).permute(0, 3, 1, 2)
-        probs = model(normalize(batch, device, channels_last=device.type == "cuda")).float().softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        for path, values, indices in zip(paths, top.values.tolist(), top.indices.tolist()):
-            out[path] = [(classes[i], v) for i, v in zip(indices, values)]
+        out.update(zip(paths, classifier.top_k([load_image(p, classifier.image_size) for p in paths], top_k)))
     return out
 
 

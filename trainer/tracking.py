@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from data.errors import UserError
+
 TRACKING_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
 
@@ -22,13 +24,15 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str) -> None: ...
     def log_dict(self, value: Any, name: str) -> None: ...
+    def log_model(self, state: dict, registered_name: str | None = None) -> tuple[str | None, str | None]:
+        return None, None
     def close(self, status: str = "FINISHED") -> None: ...
 
 
 class MLflowTracker(NullTracker):
     """One MLflow run; ``run_id`` continues an earlier run (resume keeps a single run)."""
 
-    def __init__(self, run_dir: str, experiment: str, run_id: str | None = None):
+    def __init__(self, run_dir: str, experiment: str, run_id: str | None = None, reopen: bool = True):
         import logging
 
         import mlflow
@@ -48,8 +52,10 @@ class MLflowTracker(NullTracker):
             else:
                 experiment_id = client.create_experiment(experiment)
             run_id = client.create_run(experiment_id).info.run_id
-        else:
+        elif reopen:  # a resumed run is running again; adding results to a finished one leaves it finished
             client.update_run(run_id, status="RUNNING")
+        else:
+            client.get_run(run_id)  # it must exist
         self.client, self.run_id = client, run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -74,6 +80,13 @@ class MLflowTracker(NullTracker):
     def log_dict(self, value: Any, name: str) -> None:
         self.client.log_dict(self.run_id, value, name)
 
+    def log_model(self, state: dict, registered_name: str | None = None) -> tuple[str | None, str | None]:
+        """The weights in checkpoint dict ``state`` as the run's MLflow model (see
+        :mod:`trainer.mlflow_model`): ``(model URI, registered version or None)``."""
+        from trainer.mlflow_model import log_model
+
+        return log_model(self.run_id, state, registered_name)
+
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -82,3 +95,20 @@ def make_tracker(is_main: bool, run_dir: str, experiment: str, run_id: str | Non
     """An :class:`MLflowTracker` on the main rank (store: ``MLFLOW_TRACKING_URI``, else
     ``RUN_DIR/mlflow.db``; ``run_id`` continues that run), a :class:`NullTracker` elsewhere."""
     return MLflowTracker(run_dir, experiment, run_id) if is_main else NullTracker()
+
+
+def checkpoint_run(checkpoint: str, run_id: str | None) -> MLflowTracker:
+    """The MLflow run a training checkpoint came from, to add results to it: the store is
+    ``MLFLOW_TRACKING_URI`` or the run folder's own (``RUN/checkpoints/X.pt`` -> ``RUN/mlflow.db``)."""
+    if not run_id:
+        raise UserError(f"{checkpoint} records no MLflow run: it was not written by trainer.train")
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not os.path.isfile(os.path.join(run_dir, TRACKING_DB)):
+        raise UserError(f"no MLflow store for {checkpoint}: {os.path.join(run_dir, TRACKING_DB)} not found "
+                        "(set MLFLOW_TRACKING_URI to the store the run used)")
+    try:
+        return MLflowTracker(run_dir, experiment="", run_id=run_id, reopen=False)
+    except Exception as exc:
+        if type(exc).__name__ != "MlflowException":
+            raise
+        raise UserError(f"MLflow run {run_id} of {checkpoint} not found: {str(exc).splitlines()[0]}") from None

@@ -403,9 +403,15 @@ def summarize(job: Job) -> dict:
         "mlflow_tracking_uri": job.tracker.tracking_uri,
     }
     if job.dist.is_main:
+        best = os.path.join(ck.checkpoint_dir(job.cfg.out), ck.BEST)
+        if p.step >= job.total_steps:  # a finished run: its best weights become the MLflow model
+            model_uri, version = job.tracker.log_model(ck.load_checkpoint(best) if os.path.isfile(best) else job.state(),
+                                                       job.cfg.register_model)
+            summary.update(mlflow_model_uri=model_uri, mlflow_model_version=version)
+            print0(f"MLflow model: {model_uri}" + (f" (registered as {job.cfg.register_model} version {version})"
+                                                    if version else ""))
         with open(os.path.join(job.cfg.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        best = os.path.join(ck.checkpoint_dir(job.cfg.out), ck.BEST)
         if os.path.isfile(best):
             job.tracker.log_artifact(best)
         job.tracker.log_artifact(os.path.join(job.cfg.out, "summary.json"))

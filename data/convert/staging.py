@@ -16,8 +16,9 @@ from data.errors import UserError
 from data.manifest import MANIFEST
 
 
-def check_out(out: str, overwrite: bool, source: str) -> str:
-    """Validate ``--out`` before any work; return its absolute path."""
+def check_out(out: str, overwrite: bool, source: str, marker: str = MANIFEST) -> str:
+    """Validate ``--out`` before any work; return its absolute path. ``--overwrite`` replaces
+    only a folder holding ``marker`` (what this kind of output always has)."""
     path = os.path.abspath(out)
     real, src = os.path.realpath(path), os.path.realpath(source)
     if real == src or real.startswith(src + os.sep) or src.startswith(real + os.sep):
@@ -32,15 +33,16 @@ def check_out(out: str, overwrite: bool, source: str) -> str:
     if os.path.isdir(path) and os.listdir(path):
         if not overwrite:
             raise UserError(f"--out {out} is not empty: pass --overwrite to replace it")
-        if not os.path.isfile(os.path.join(path, MANIFEST)):
+        if not os.path.isfile(os.path.join(path, marker)):
+            what = "a converted data set" if marker == MANIFEST else "an output of this kind"
             raise UserError(
-                f"--out {out} is not empty and is not a converted data set (no {MANIFEST}): "
+                f"--out {out} is not empty and is not {what} (no {marker}): "
                 "refusing to replace it, even with --overwrite")
     return path
 
 
 @contextlib.contextmanager
-def staged_folder(out: str, overwrite: bool) -> Iterator[str]:
+def staged_folder(out: str, overwrite: bool, marker: str = MANIFEST) -> Iterator[str]:
     """Yield a fresh temp folder next to ``out``; publish it as ``out`` if the block ends
     normally, delete it if the block raises."""
     parent = os.path.dirname(os.path.abspath(out))
@@ -49,17 +51,17 @@ def staged_folder(out: str, overwrite: bool) -> Iterator[str]:
     os.mkdir(tmp)  # (not mkdtemp: the data set gets the usual umask permissions)
     try:
         yield tmp
-        _publish(tmp, out, overwrite)
+        _publish(tmp, out, overwrite, marker)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _publish(tmp: str, out: str, overwrite: bool) -> None:
+def _publish(tmp: str, out: str, overwrite: bool, marker: str) -> None:
     if not os.path.exists(out):
         os.rename(tmp, out)
         return
-    check_out(out, overwrite, tmp)  # it may have changed while we worked
+    check_out(out, overwrite, tmp, marker)  # it may have changed while we worked
     old = f"{out}.old-{uuid.uuid4().hex[:8]}"
     os.rename(out, old)
     os.rename(tmp, out)
