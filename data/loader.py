@@ -47,6 +47,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import types
 import warnings
 import weakref
@@ -271,8 +273,26 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker_init(stacks_dir: str | None, rank: int, worker: int) -> None:
-    """In each worker: on SIGUSR1, write all its threads' stacks to ``stacks_dir``."""
+def _exit_with(pid: int) -> None:
+    """End this worker once process ``pid`` (the rank that owns it) is gone or a zombie.
+
+    A worker's parent is the fork server, which lives as long as any worker holds its
+    "alive" pipe, so neither notices a rank killed with SIGKILL; this does."""
+    while True:
+        time.sleep(1.0)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            os._exit(1)
+        if state in ("Z", "X"):
+            os._exit(1)
+
+
+def _worker_init(stacks_dir: str | None, rank: int, owner: int, worker: int) -> None:
+    """In each worker: end with the rank that owns it; on SIGUSR1, write all its threads'
+    stacks to ``stacks_dir``."""
+    threading.Thread(target=_exit_with, args=(owner,), name="sparkdp-owner-watch", daemon=True).start()
     if stacks_dir:
         os.makedirs(stacks_dir, exist_ok=True)
         dump = open(os.path.join(stacks_dir, f"rank{rank}-worker{worker}.txt"), "a")  # kept open for the handler
@@ -296,7 +316,7 @@ class Batches:
         # Our own generator: otherwise each new iterator draws its worker seed from the global
         # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
         # (Augmentation is keyed explicitly, see ParquetImages; worker seeds are unused.)
-        init = functools.partial(_worker_init, os.environ.get(STACKS_DIR_ENV), dataset.rank)
+        init = functools.partial(_worker_init, os.environ.get(STACKS_DIR_ENV), dataset.rank, os.getpid())
         self._loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                   prefetch_factor=4 if workers else None, generator=torch.Generator(),
                                   multiprocessing_context=worker_context() if workers else None,
