@@ -41,9 +41,10 @@ def goal_checks(paths: dict[str, dict]) -> list[dict]:
     checks = []
     for path, ref, minimum in GOALS:
         if path in paths and ref in paths and paths[ref]["images_per_s"]:
-            ratio = paths[path]["images_per_s"] / paths[ref]["images_per_s"]
+            # judged on the ratio as printed, so the report never says 1.00x "NOT met" against 1x
+            ratio = round(paths[path]["images_per_s"] / paths[ref]["images_per_s"], 3)
             cpu_ratio = paths[path]["images_per_cpu_s"] / paths[ref]["images_per_cpu_s"]
-            checks.append({"goal": f"{path} >= {minimum:g}x {ref}", "ratio": round(ratio, 3), "met": ratio >= minimum,
+            checks.append({"goal": f"{path} >= {minimum:g}x {ref}", "ratio": ratio, "met": ratio >= minimum,
                            "cpu_efficiency_ratio": round(cpu_ratio, 3)})
     return checks
 
