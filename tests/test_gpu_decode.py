@@ -1,6 +1,8 @@
 """The ``--decode gpu`` path: JPEG batches from the loader decode to the batches the CPU
-path yields (same crops, flips, labels, order; pixels within one grey level on CPU), and
-the CPU decoder's draft-mode shortcut for large crops agrees with a full decode.
+path yields (same crops, flips, labels, order; pixels within one grey level on CPU), the
+batched crop-resize is PyTorch's antialiased resize, the decode-ahead prefetcher yields
+the plain path's batches in the same order (resumed epochs too), and the CPU decoder's
+draft-mode shortcut for large crops agrees with a full decode.
 
 Everywhere the decode runs with ``device="cpu"``; on a CUDA machine the same test runs
 with nvJPEG on the GPU too, which rounds differently from libjpeg-turbo (its own bound).
@@ -11,14 +13,19 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from data.gpu_decode import JpegBatch, decode_on_device, jpeg_batch
-from data.loader import inspect_split, make_loader
+from data.errors import UserError
+from data.gpu_decode import JpegBatch, crop_resize_batch, decode_on_device, jpeg_batch
+from data.gpu_prefetch import make_device_prefetcher
+from data.loader import inspect_split, make_loader, model_input
+from data.rank_loaders import make_train_loader
 from data.manifest import split_url
 from data.synthetic import make_image
 from data.transforms import crop_resize, decode_crop, train_params
@@ -60,6 +67,79 @@ def test_gpu_mode_batches_decode_to_the_cpu_batches(dataset, split, train, skip,
         assert diff.max() <= max_diff and diff.mean() < mean_diff  # CPU: float vs uint8 resize rounding
     flipped = sum(int(jpegs.flips.sum()) for (_, _), (jpegs, _) in pairs)
     assert flipped > 0 if train else flipped == 0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_batched_crop_resize_is_pytorchs_antialiased_resize_of_each_crop(device):
+    # Images of three sizes in one batch; crops that shrink, enlarge and keep the size.
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(30, 40), (90, 40), (30, 40), (48, 64), (30, 40)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen).to(device) for h, w in shapes]
+    boxes = torch.tensor([[0, 0, 40, 30], [5, 10, 25, 80], [30, 20, 33, 24], [1, 2, 64, 48], [7, 3, 29, 25]])
+    flips = torch.tensor([False, True, True, False, True])
+    for size in (7, 16, 32):
+        want = []
+        for image, (left, top, right, bottom), flip in zip(images, boxes.tolist(), flips.tolist()):
+            y = F.interpolate(image[None, :, top:bottom, left:right].float(), size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)[0]
+            want.append(y.flip(-1) if flip else y)
+        want = torch.stack(want)
+        assert (crop_resize_batch(images, boxes, flips, size) - want).abs().max() < 1e-3
+        # float16, as on CUDA: the weights' rounding moves results by a fraction of a grey level
+        assert (crop_resize_batch(images, boxes, flips, size, torch.float16).float() - want).abs().max() < 0.5
+
+
+def prepare_on(device: str):
+    """What the trainer's prefetcher makes of a loader batch: model input and labels on ``device``."""
+    dev = torch.device(device)
+    return lambda images, labels: (model_input(images, SIZE, dev, channels_last=dev.type == "cuda"), labels.to(dev))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_prefetched_batches_are_the_plain_ones_in_order_and_resume_exactly(dataset, decode, device):
+    data, manifest = dataset
+    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    kw = dict(workers=2, rank=0, world_size=1, batch_size=5, image_size=SIZE, seed=4, epoch=1, steps_per_epoch=6,
+              decode=decode)
+    prepare = prepare_on(device)
+    with make_train_loader(parquet, **kw) as batches:
+        plain = [prepare(*batch) for batch in batches]
+    with make_train_loader(parquet, **kw) as batches, make_device_prefetcher(batches, prepare, device) as ahead:
+        full = list(ahead)
+    with make_train_loader(parquet, skip_batches=4, **kw) as batches, \
+            make_device_prefetcher(batches, prepare, device) as ahead:
+        resumed = list(ahead)
+    assert (len(plain), len(full), len(resumed)) == (6, 6, 2)
+    # CPU: bit for bit. CUDA: the side stream's matrix products may round differently from
+    # the default stream's (cuBLAS workspaces), by a grey level at single pixels at most.
+    tolerance = 0.0 if device == "cpu" else 1.01 / (255 * 0.225)
+    for (x, y), (want_x, want_y) in zip(full + resumed, plain + full[4:]):
+        assert x.device.type == device and torch.equal(y, want_y)
+        assert (x - want_x).abs().max() <= tolerance
+
+
+def test_prefetcher_raises_the_loaders_error_and_reads_one_batch_ahead_at_most():
+    def failing():
+        yield torch.zeros(2), torch.zeros(2)
+        raise UserError("broken split")
+
+    with make_device_prefetcher(failing(), lambda images, labels: (images, labels), "cpu") as ahead:
+        assert next(ahead)[0].shape == (2,)
+        for _ in range(2):  # and again on every later call, never a hang
+            with pytest.raises(UserError, match="broken split"):
+                next(ahead)
+    taken = []
+
+    def endless():
+        for i in itertools.count():
+            taken.append(i)
+            yield torch.tensor([i]), torch.tensor([i])
+
+    with make_device_prefetcher(endless(), lambda images, labels: (images + 1, labels), "cpu") as ahead:
+        assert [(int(x), int(y)) for x, y in itertools.islice(ahead, 3)] == [(1, 0), (2, 1), (3, 2)]
+    assert taken in ([0, 1, 2], [0, 1, 2, 3])  # the batch in the caller's hands and at most one more
+    assert not [t for t in threading.enumerate() if t.name == "sparkdp-prefetch"]
 
 
 def test_jpeg_batch_keeps_each_file_and_draws_like_the_cpu_path():

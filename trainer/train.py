@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
+from data.gpu_prefetch import make_device_prefetcher
 from data.loader import ParquetSplit, model_input, worker_context
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
@@ -190,15 +191,15 @@ def validate(job: Job) -> dict:
 
 def train_one_epoch(job: Job, batches, bar) -> None:
     """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all
-    (fewer only when ``--stop-after-steps`` is reached first)."""
+    (fewer only when ``--stop-after-steps`` is reached first). ``batches`` yields
+    :meth:`Job.inputs` ``(x, y)``: model inputs and labels on the device."""
     cfg, p = job.cfg, job.progress
     job.model.train()
     window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
     while p.step_in_epoch < job.steps_per_epoch and not job.stop_reached:
         t0 = time.perf_counter()
-        images, labels = next(batches)
+        x, y = next(batches)  # job.inputs, made ready one batch ahead (see fit)
         t1 = time.perf_counter()
-        x, y = job.inputs(images, labels)
         if job.mixing is not None:
             x, y = job.mixing(x, y, p.step)
         with job.autocast():
@@ -220,7 +221,7 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         p.step_in_epoch += 1
         job.beacon.mark(p.step)
         job.watchdog.tick(f"train step {p.step}")
-        window_images += len(labels)
+        window_images += len(y)
         window_wait += t1 - t0
         if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
             # The ranks' current losses, averaged (reading it syncs the device: only here).
@@ -364,8 +365,11 @@ def fit(job: Job) -> dict:
         while p.epoch < cfg.epochs and not job.stop_reached:
             bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
             job.set_backbone_frozen(p.epoch < cfg.freeze_backbone_epochs)
-            with job.loader(job.train, train=True, epoch=p.epoch, skip=p.step_in_epoch) as batches:
-                train_one_epoch(job, batches, bar)
+            # The next batch is decoded (--decode gpu) or copied and normalised on a side
+            # stream while this step runs (data.gpu_prefetch); same batches, same order.
+            with job.loader(job.train, train=True, epoch=p.epoch, skip=p.step_in_epoch) as batches, \
+                    make_device_prefetcher(batches, job.inputs, job.dist.device) as inputs:
+                train_one_epoch(job, inputs, bar)
             if p.step_in_epoch < job.steps_per_epoch:  # --stop-after-steps, mid-epoch
                 job.save(ck.LAST)
                 print0(f"stopped after step {p.step} of {job.total_steps} (--stop-after-steps): "
