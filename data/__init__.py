@@ -17,6 +17,7 @@ _EXPORTS = {
     "ParquetSplit": "data.loader",
     "normalize": "data.loader",
     "decode_on_device": "data.gpu_decode",
+    "make_device_prefetcher": "data.gpu_prefetch",
     "Manifest": "data.manifest",
     "UserError": "data.errors",
     "TrainBatches": "data.rank_loaders",
@@ -30,6 +31,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from data.errors import UserError
     from data.gpu_decode import decode_on_device
+    from data.gpu_prefetch import make_device_prefetcher
     from data.loader import Batches, ParquetSplit, normalize
     from data.manifest import Manifest
     from data.rank_loaders import (TrainBatches, make_eval_loader, make_train_loader, open_split,

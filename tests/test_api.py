@@ -37,6 +37,7 @@ def test_public_names_import_from_the_package_roots_and_are_what_the_trainer_use
     assert (trainer.train.open_split, trainer.train.train_steps_per_epoch) == (open_split, train_steps_per_epoch)
     assert (trainer.train.compute_init, trainer.train.make_tracker) == (compute_init, make_tracker)
     assert trainer.train.evaluate is trainer.evaluate.evaluate  # one scoring loop, summing ClassificationSums
+    assert trainer.train.make_device_prefetcher is data.make_device_prefetcher  # the trainer's decode-ahead
     assert trainer.train.evaluate.__module__ == ClassificationSums.__module__
     assert trainer.train.ck.save_checkpoint is save_checkpoint
     assert trainer.train.ck.find_latest_checkpoint is find_latest_checkpoint
@@ -51,7 +52,8 @@ def test_package_roots_import_without_torch():
 
 
 @pytest.mark.parametrize("imported,forbidden", [
-    ("data, data.convert.cli, data.convert.job, data.loader, data.rank_loaders, data.gpu_decode, data.synthetic",
+    ("data, data.convert.cli, data.convert.job, data.loader, data.rank_loaders, data.gpu_decode, data.gpu_prefetch, "
+     "data.synthetic",
      ("trainer", "bench", "launch")),        # data/ is the bottom layer
     ("trainer.evaluate, trainer.predict", ("trainer.train", "bench", "launch")),  # scoring needs no training program
 ])
