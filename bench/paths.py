@@ -138,7 +138,8 @@ def open_gpu_decoded(data: str, s: PathSettings, device: torch.device) -> Iterat
         def on_device() -> Iterator[Batch]:
             for jpegs, labels in batches:
                 images = decode_on_device(jpegs, s.image_size, device)
-                torch.cuda.synchronize(device)  # count only images really decoded
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # count only images really decoded
                 yield images, labels
 
         yield on_device()

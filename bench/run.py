@@ -4,8 +4,8 @@ Converts DIR with :mod:`data.convert` when no Parquet is given (and a ``--max-si
 copy for ``project_resized``; Spark starts only for these and ``petastorm_converter``), then
 measures side by side, in interleaved rounds, with the same augmentation, batch size
 and worker count: ``raw_files``, ``petastorm_converter``, ``project``, ``project_resized``,
-``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA,
-``project_gpu_decode`` (paths: :mod:`bench.paths`). Writes JSON (images/s, per core,
+``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA (or when
+named), ``project_gpu_decode`` (paths: :mod:`bench.paths`). Writes JSON (images/s, per core,
 ratio to ``raw_files``, the goals, conversion speed of ``data.convert`` vs
 ``make_spark_converter``) and a bar chart PNG next to it, and prints a table.
 """
@@ -101,7 +101,7 @@ def run(a: BenchOptions, spark=None) -> dict:
     """Measure the paths ``a`` asks for; write the outputs and return the result dict."""
     if not os.path.isdir(a.images):
         raise UserError(f"--images {a.images} is not a folder")
-    wanted = [p for p in a.paths if p != "project_gpu_decode" or torch.cuda.is_available()]
+    wanted = list(a.paths)  # project_gpu_decode is in the default only on CUDA (bench.options.default_paths)
     s = bp.PathSettings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size,
                     pin_memory=torch.cuda.is_available())
     from data.spark import spark_session
@@ -136,7 +136,7 @@ def _openers(a: BenchOptions, s: bp.PathSettings, wanted: list[str], data: str |
              "petastorm_converter": lambda: partial(bp.open_petastorm_converter, converter, s),
              "project": lambda: partial(bp.open_project, data, s),
              "project_resized": lambda: partial(bp.open_project, resized, s),
-             "project_gpu_decode": lambda: partial(bp.open_gpu_decoded, data, s, torch.device("cuda", 0))}
+             "project_gpu_decode": lambda: partial(bp.open_gpu_decoded, data, s, _device())}
     return {name: make() for name, make in every.items() if name in wanted}
 
 
@@ -158,14 +158,17 @@ def _measure(a: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opener],
         from bench.train_step import train_step_rates
 
         _log(f"training steps ({a.model}) fed by each path ...")
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         classes = len(bp.class_names(a.images))
-        if "project_gpu_decode" in openers:  # decoded inside the training step, as the trainer does
+        if "project_gpu_decode" in openers:  # JPEG batches, decoded one batch ahead of the step, as the trainer does
             openers = {**openers, "project_gpu_decode": partial(bp.open_project, data, s, "gpu")}
         result["train_step"] = mark_train_goal(train_step_rates(
-            openers, model=a.model, num_classes=classes, batch_size=s.batch_size, size=s.image_size, device=device,
-            seconds=a.seconds, warmup_s=warmup_s))
+            openers, model=a.model, num_classes=classes, batch_size=s.batch_size, size=s.image_size, device=_device(),
+            seconds=a.seconds, warmup_s=warmup_s, precision=a.precision, compile_=a.compile))
     return result
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _needs_spark(a: BenchOptions, wanted: list[str]) -> bool:

@@ -15,6 +15,13 @@ one grey level of the CPU path's batch wherever that path decodes at full size (
 smaller than twice the output; larger ones it decodes in Pillow's draft mode). On CUDA
 (tested on an H200) nvJPEG's pixels differ from libjpeg-turbo's by 3-4 grey levels on
 average. :mod:`data.gpu_prefetch` runs this one batch ahead, beside the training step.
+
+``torchvision.io`` image decoding is deprecated in favour of TorchCodec, whose
+``torchcodec.decoders.decode_jpeg(list, mode="RGB", device="cuda")`` (0.16 and later, for
+torch 2.11 and later) makes the same batched nvJPEG call, on the caller's stream. The GPU
+machine these paths are measured on has torchvision (0.26) and no TorchCodec, so the one
+path is torchvision's; the call above is the only line to change. Neither decodes
+straight into a crop (nvJPEG can, per image, but neither exposes it).
 """
 from __future__ import annotations
 

@@ -88,3 +88,29 @@ def test_given_parquet_sets_need_no_spark(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="started Spark"):  # and it does start Spark when it must convert
         run(parse_args(["--images", str(tmp_path), "--paths", "project", "--out-json",
                                     str(tmp_path / "out2.json")]))
+
+
+def test_gpu_decode_path_loss_scaler_and_compile_rows_run_on_cpu(tmp_path, monkeypatch):
+    """What tests/gpu/run.sh asks of the benchmark, at toy size on CPU: ``project_gpu_decode``
+    named in --paths decodes on the CPU (one batch ahead), --precision brings the trainer's
+    loss scaler (forced on here, as fp16 needs CUDA), --compile adds the synthetic_eager row."""
+    import torch._dynamo
+
+    from tests.parquet_sets import CLASSES, write_data_set
+    from trainer.precision import FORCE_SCALER_ENV
+
+    # Compiling takes minutes on a small CPU; tests/test_recipe.py compiles the trainer's model for real.
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    monkeypatch.setenv(FORCE_SCALER_ENV, "65536")
+    for k in range(CLASSES):  # --images only names the classes here
+        os.makedirs(tmp_path / "images" / f"class_{k}")
+    write_data_set(str(tmp_path / "data"), row_groups=2)
+    res = run(parse_args(["--images", str(tmp_path / "images"), "--data", str(tmp_path / "data"), "--paths",
+                          "project_gpu_decode", "--train-step", "--compile", "--precision", "fp32", "--model",
+                          "resnet18", "--out-json", str(tmp_path / "out.json"), "--seconds", "0.2", "--rounds", "1",
+                          "--batch-size", "4", "--image-size", "16", "--workers", "1"]))
+    steps = res["train_step"]
+    assert (steps["precision"], steps["compiled"], steps["loss_scaling"]) == ("fp32", True, True)
+    assert set(steps["paths"]) == {"synthetic", "synthetic_eager", "project_gpu_decode"}
+    assert res["paths"]["project_gpu_decode"]["images_per_s"] > 0
+    assert all(s["images_per_s"] > 0 and s["steps"] >= 2 for s in steps["paths"].values())
