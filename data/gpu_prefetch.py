@@ -39,6 +39,8 @@ class DevicePrefetcher:
 
     def __init__(self, batches: Iterable, prepare: Callable[[Any, torch.Tensor], Any], device: torch.device | str):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # the thread must name it
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._ready: queue.Queue = queue.Queue()
         self._room = threading.Semaphore(1)  # batches that may be ready or in preparation
