@@ -90,7 +90,7 @@ def test_a_frozen_loader_worker_leaves_stacks_and_a_line_naming_it(seven_groups,
     stacks = os.path.join(out, "stacks")
     rank1 = open(os.path.join(stacks, "rank1.txt")).read()
     assert f"(pid {frozen.pid}): state T" in rank1 and "STOPPED" in rank1
-    assert "_next_data" in rank1 or "_get_data" in rank1  # the main thread waits for that worker's batch
+    assert "_next_data" in rank1 or "_get_data" in rank1  # the prefetch thread waits for that worker's batch
     assert f"[rank 1] warning: no progress for" in result.stderr and "stacks/rank1.txt" in result.stderr
     # The other worker of rank 1 dumped its own stacks (faulthandler, on SIGUSR1).
     others = [f for f in os.listdir(stacks) if f.startswith("rank1-worker")]
