@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issues 5 and 16) in one command, on a GPU machine whose Python has torch
-# but no Spark, Petastorm or pyarrow 14 (this workplace's device machine); about 6-8 minutes
-# on an H200 with 16 cores, each step cut short so that the whole stays under ~9.5:
+# but no Spark, Petastorm or pyarrow 14 (this workplace's device machine); an estimated 6-8
+# minutes on an H200 with 16 cores (not yet run there), each step given a time limit so that
+# the whole stays under 9.5 (BUDGET_S):
 #   1. installs the wheels carried in .whl/ (tests/gpu/fetch_wheels.sh fetches them) into
 #      /tmp/site, ahead of the image's own packages;
 #   2. runs the GPU tests: tests/test_gpu_decode.py (nvJPEG vs the CPU path, the batched
