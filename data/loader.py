@@ -61,7 +61,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.errors import UserError
-from data.manifest import COLUMNS, arrow_url
+from data.manifest import COLUMNS
+from data.object_store import arrow_url, petastorm_filesystem, problem, s3_settings
 from data.gpu_decode import JpegBatch, decode_on_device, jpeg_batch
 from data.transforms import MEAN, STD, Augment, decode_batch, eval_params, train_params
 
@@ -125,7 +126,7 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
     except UserError:
         raise
     except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise UserError(f"cannot read Parquet split {url}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read Parquet split {url}: {problem(exc)}") from None
     rows = len(labels)
     if rows:
         lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
@@ -156,14 +157,16 @@ class ParquetImages(IterableDataset):
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
         self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
+        self.storage = s3_settings(parquet.url)  # the rank's AWS variables, for its workers
 
     def _reader(self, plan: ShardPlan, pass_: int):
         from petastorm import make_batch_reader
 
         seed = int(np.random.SeedSequence([self.seed, self.epoch, pass_]).generate_state(1)[0]) if self.train else None
         return make_batch_reader(
-            self.parquet.url, schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
-            shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count)
+            arrow_url(self.parquet.url), schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
+            shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count,
+            filesystem=petastorm_filesystem(self.parquet.url, self.storage))
 
     def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(image bytes, labels) per row group this shard reads, after the ownership filter;
