@@ -4,8 +4,9 @@
 ``torchrun --standalone --nproc-per-node N -m trainer.train ...`` and samples
 ``/proc/<pid>/status`` of every process under it a few times a second: each process's
 peak resident set (``VmHWM``, kept by the kernel, so no peak between samples is
-missed) and the largest anonymous part seen (``RssAnon``: memory of its own, not pages
-of shared libraries or the fork server's imports it shares). Ranks are torchrun's
+missed), the largest anonymous part seen (``RssAnon``: not pages of files such as
+shared libraries) and the largest private part seen (``smaps_rollup``: pages no other
+process maps, so not the fork server's imports a worker shares until it writes them). Ranks are torchrun's
 children; loader workers are the children of each rank's fork server (a fresh set for
 every epoch and validation pass). Prints one line per kind and the JSON of every process.
 """
@@ -28,6 +29,15 @@ def _status(pid: int) -> dict[str, str]:
 
 def _kib(text: str) -> int:
     return int(text.split()[0])
+
+
+def _private_kib(pid: int) -> int:
+    """Resident pages only this process maps (not shared with its fork server or anyone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    except OSError:
+        return 0
 
 
 def _children(pid: int) -> list[int]:
@@ -53,18 +63,38 @@ def sample(root: int, seen: dict[int, dict]) -> None:
             kids = _children(pid)
         except OSError:
             continue
-        entry = seen.setdefault(pid, {"parent": parent, "cmd": cmd[:120], "hwm_kib": 0, "anon_kib": 0})
+        entry = seen.setdefault(pid, {"parent": parent, "cmd": cmd[:120], "hwm_kib": 0, "anon_kib": 0,
+                                      "private_kib": 0})
         entry["hwm_kib"] = max(entry["hwm_kib"], _kib(status.get("VmHWM", "0")))
         entry["anon_kib"] = max(entry["anon_kib"], _kib(status.get("RssAnon", "0")))
+        entry["private_kib"] = max(entry["private_kib"], _private_kib(pid))
         stack += [(k, pid) for k in kids]
 
 
 def classify(root: int, seen: dict[int, dict]) -> None:
+    """Each process's kind: torchrun, rank (its children), fork server (a rank's child running
+    ``multiprocessing.forkserver``), loader worker (a fork server's child), other."""
+    def kind(pid: int) -> str:
+        parent = seen[pid]["parent"]
+        if pid == root:
+            return "torchrun"
+        if parent == root:
+            return "rank"
+        if parent in seen and kind(parent) == "rank" and "forkserver" in seen[pid]["cmd"]:
+            return "fork server"
+        return "loader worker" if parent in seen and kind(parent) == "fork server" else "other"
+
     for pid, e in seen.items():
-        parent = seen.get(e["parent"], {})
-        e["kind"] = ("torchrun" if pid == root else "rank" if e["parent"] == root
-                     else "fork server" if "forkserver" in e["cmd"]
-                     else "loader worker" if "forkserver" in parent.get("cmd", "") else "other")
+        e["kind"] = kind(pid)
+
+
+def report(seen: dict[int, dict]) -> None:
+    for name in ("rank", "fork server", "loader worker"):
+        group = [e for e in seen.values() if e["kind"] == name]
+        if group:
+            print(f"{name:>13}: {len(group):3d} processes, peak RSS max {max(e['hwm_kib'] for e in group) / KIB:7.1f} "
+                  f"MiB, anonymous max {max(e['anon_kib'] for e in group) / KIB:7.1f} MiB, private max "
+                  f"{max(e['private_kib'] for e in group) / KIB:7.1f} MiB")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,11 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(a.every)
     classify(proc.pid, seen)
     print(f"exit {proc.returncode} after {time.monotonic() - started:.0f} s")
-    for kind in ("rank", "fork server", "loader worker"):
-        group = [e for e in seen.values() if e["kind"] == kind]
-        if group:
-            print(f"{kind:>13}: {len(group):3d} processes, peak RSS max {max(e['hwm_kib'] for e in group) / KIB:7.1f} "
-                  f"MiB, own (anonymous) max {max(e['anon_kib'] for e in group) / KIB:7.1f} MiB")
+    report(seen)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(seen, f, indent=1)
