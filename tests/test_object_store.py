@@ -38,7 +38,8 @@ def test_two_ranks_train_and_evaluate_from_s3(s3_data, aws, tmp_path):
     out = str(tmp_path / "run")
     # One loader worker per rank: the workers (from each rank's fork server) read S3 too.
     args = [*TRAIN_SMALL, "--workers", "1", "--steps-per-epoch", "2"]
-    summary = summary_of(ok(run("trainer.train", "--data", url, "--out", out, *args, nproc=2)) and out)
+    ok(run("trainer.train", "--data", url, "--out", out, *args, nproc=2))
+    summary = summary_of(out)
     assert summary["rank_steps"] == [2, 2] and summary["val_count"] == manifest.splits["val"].rows
     # The last checkpoint scored again from S3, in Spark's s3a:// spelling: validation's numbers.
     res = evaluate_main(["--checkpoint", os.path.join(out, "checkpoints", "last.pt"), "--split", "val",
