@@ -150,10 +150,11 @@ def reader_rows_per_s(data: str, seconds: float) -> float:
     from petastorm import make_batch_reader
 
     from data.manifest import COLUMNS, split_url
+    from data.object_store import arrow_url, petastorm_filesystem
 
-    rows, started = 0, time.perf_counter()
-    with make_batch_reader(split_url(data, "train"), schema_fields=list(COLUMNS), reader_pool_type="dummy",
-                           num_epochs=None) as reader:
+    rows, started, url = 0, time.perf_counter(), split_url(data, "train")
+    with make_batch_reader(arrow_url(url), schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=None,
+                           filesystem=petastorm_filesystem(url)) as reader:
         for chunk in reader:
             rows += len(chunk.label)
             if time.perf_counter() - started >= seconds:

@@ -31,6 +31,20 @@ imported, so starting workers for every epoch and validation stays cheap; worker
 re-run the caller's script, so a script without an ``if __name__ == "__main__":`` guard
 works as it did with fork.
 
+Memory. A worker holds, beyond its fixed cost (code and imports, mostly pages shared with
+the fork server): the row group it is reading, twice (Petastorm's Arrow table and its rows
+as Python bytes), the shuffle buffer (at most ``shuffle_rows`` plus one row group's rows,
+as encoded JPEG bytes) and ``PREFETCH`` decoded batches waiting for the rank. With ``G``
+the largest row group's bytes, ``g`` its rows, ``r`` the largest encoded image, ``S``
+``shuffle_rows`` (``DEFAULT_SHUFFLE_ROWS`` unless given, at least the batch size), ``B``
+the batch size and ``s`` the output side, a rank's loader holds at most::
+
+    workers x (2 x G + (S + g) x r + PREFETCH x B x 3 x s x s)
+
+whatever the split's length or the number of passes (``tests/test_loader_memory.py``
+checks one worker against it, with 4 MiB of allocator slack, and that a worker keeping
+what it read would break it). From S3, add s3fs's read-ahead (``data.object_store``).
+
 Batches are ``(images, labels)``: ``images`` uint8 ``[B, 3, H, W]`` (channels_last
 strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device. With
 ``decode="gpu"`` ``images`` is a :class:`data.gpu_decode.JpegBatch` (the JPEG bytes and
@@ -61,11 +75,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.errors import UserError
-from data.manifest import COLUMNS, arrow_url
+from data.manifest import COLUMNS
+from data.object_store import arrow_url, petastorm_filesystem, problem, s3_settings
 from data.gpu_decode import JpegBatch, decode_on_device, jpeg_batch
 from data.transforms import MEAN, STD, Augment, decode_batch, eval_params, train_params
 
 DEFAULT_SHUFFLE_ROWS = 1024
+PREFETCH = 4  # decoded batches each worker may have in flight (DataLoader's prefetch_factor)
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 WORKER_START = "forkserver"  # how loader workers start: see the module docstring
 STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
@@ -125,7 +141,7 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
     except UserError:
         raise
     except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise UserError(f"cannot read Parquet split {url}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read Parquet split {url}: {problem(exc)}") from None
     rows = len(labels)
     if rows:
         lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
@@ -156,14 +172,16 @@ class ParquetImages(IterableDataset):
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
         self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
+        self.storage = s3_settings(parquet.url)  # the rank's AWS variables, for its workers
 
     def _reader(self, plan: ShardPlan, pass_: int):
         from petastorm import make_batch_reader
 
         seed = int(np.random.SeedSequence([self.seed, self.epoch, pass_]).generate_state(1)[0]) if self.train else None
         return make_batch_reader(
-            self.parquet.url, schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
-            shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count)
+            arrow_url(self.parquet.url), schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
+            shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count,
+            filesystem=petastorm_filesystem(self.parquet.url, self.storage))
 
     def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(image bytes, labels) per row group this shard reads, after the ownership filter;
@@ -318,7 +336,7 @@ class Batches:
         # (Augmentation is keyed explicitly, see ParquetImages; worker seeds are unused.)
         init = functools.partial(_worker_init, os.environ.get(STACKS_DIR_ENV), dataset.rank, os.getpid())
         self._loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                  prefetch_factor=4 if workers else None, generator=torch.Generator(),
+                                  prefetch_factor=PREFETCH if workers else None, generator=torch.Generator(),
                                   multiprocessing_context=worker_context() if workers else None,
                                   worker_init_fn=init if workers else None)
         with _main_hidden():

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data.errors import UserError
+from data.object_store import arrow_url, is_s3, missing_bucket, problem
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -107,12 +108,6 @@ def split_url(data: str, split: str) -> str:
     return "file://" + os.path.abspath(os.path.join(data, split))
 
 
-def arrow_url(url: str) -> str:
-    """The URL as pyarrow names it: Spark's ``s3a://`` and ``s3n://`` are pyarrow's ``s3://``."""
-    scheme, sep, rest = url.partition("://")
-    return f"s3://{rest}" if sep and scheme.lower() in ("s3a", "s3n") else url
-
-
 def _check_found(folder: str, path: str, folder_found: bool, file_found: bool) -> None:
     if not folder_found:
         raise UserError(f"data folder not found: {folder}")
@@ -137,10 +132,13 @@ def read_manifest_bytes(folder: str) -> tuple[str, bytes]:
     try:
         fs, base = pafs.FileSystem.from_uri(arrow_url(folder))
         where, found = fs.get_file_info([base, base.rstrip("/") + "/" + MANIFEST])
+        bucket = missing_bucket(fs, base) if where.type != pafs.FileType.Directory and is_s3(folder) else None
+        if bucket:
+            raise UserError(f"data folder not found: {folder} (there is no bucket {bucket!r})")
         _check_found(folder, path, where.type == pafs.FileType.Directory, found.type == pafs.FileType.File)
         with fs.open_input_stream(found.path) as f:
             return path, f.read()
     except UserError:
         raise
     except Exception as exc:  # pyarrow raises several types (no libhdfs, no credentials, ...)
-        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read {path}: {problem(exc)}") from None

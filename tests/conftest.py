@@ -46,6 +46,17 @@ def spark_cluster(tmp_path_factory):
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API server (moto) on 127.0.0.1 with credentials checked, for the whole test
+    session (:mod:`tests.s3_server`); stopped (the process it started) at the end."""
+    from tests.s3_server import S3Server
+
+    server = S3Server(str(tmp_path_factory.mktemp("s3_server")))
+    yield server
+    server.stop()
+
+
 def converted(request: pytest.FixtureRequest, files_per_split: int, seed: int):
     """``(data folder, manifest)`` of the synthetic images converted with these options."""
     from data.manifest import MANIFEST, Manifest

@@ -90,8 +90,8 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
                           batch_size=batch_size, image_size=image_size) as batches:
         sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
                         partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))
-    context = {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "split": split,
-               "step": state[ck.STEP], "model": state[ck.MODEL_NAME], "image_size": image_size,
+    context = {"checkpoint": os.path.abspath(checkpoint), "data": data if "://" in data else os.path.abspath(data),
+               "split": split, "step": state[ck.STEP], "model": state[ck.MODEL_NAME], "image_size": image_size,
                "world_size": dist.world_size, "classes": manifest.classes}
     return sums, context
 

@@ -1,0 +1,92 @@
+"""S3-compatible object storage for the readers: the one place that knows how to open ``s3://``.
+
+Two libraries read a data set from S3. pyarrow's own ``S3FileSystem`` reads the manifest
+and checks each split (:mod:`data.manifest`, :func:`data.loader.inspect_split`);
+Petastorm 0.12 reads row groups through pyarrow's *legacy* filesystem API, which for S3
+means ``s3fs`` behind ``pyarrow.filesystem.S3FSWrapper`` (:func:`petastorm_filesystem`).
+Both take credentials, region and endpoint from the standard AWS variables, as boto3 and
+the AWS CLI do: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` (and
+``AWS_SESSION_TOKEN``), ``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL`` for a non-AWS
+endpoint (MinIO, Ceph, moto); s3fs is handed them explicitly here (:func:`petastorm_filesystem`).
+Spark's ``s3a://`` (and ``s3n://``) name the same objects: they are read as ``s3://``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from pyarrow.filesystem import S3FSWrapper
+
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", ENDPOINT_ENV)
+S3_SCHEMES = ("s3", "s3a", "s3n")
+# s3fs reads this much past each request (its default: 50 MiB). Petastorm opens the file
+# again for every row group, so each row group read fetched, and held in the loader
+# worker, up to 50 MiB more than it wanted: one worker's quarter of a 68 MiB file (17 MiB
+# of row groups) fetched 823 MiB from the server; 1 MiB: 45 MiB; 256 KiB: 27 MiB. 256 KiB
+# still covers the small label and path column chunks that follow each image chunk.
+READ_AHEAD = 256 * 2**10
+
+
+def is_s3(url: str) -> bool:
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in S3_SCHEMES
+
+
+def arrow_url(url: str) -> str:
+    """The URL as pyarrow and s3fs name it: Spark's ``s3a://`` and ``s3n://`` are ``s3://``."""
+    return "s3://" + url.partition("://")[2] if is_s3(url) else url
+
+
+def problem(exc: BaseException) -> str:
+    """One line for a storage library's error; a refused request says which variables to check."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    refused = any(m in text for m in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                      "signature we calculated does not match"))
+    return text + (" (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)" if refused else "")
+
+
+def missing_bucket(fs, path: str) -> str | None:
+    """``path``'s bucket when pyarrow's S3 filesystem ``fs`` finds no such bucket, else None."""
+    import pyarrow.fs as pafs
+
+    bucket = path.split("/", 1)[0]
+    return bucket if fs.get_file_info(bucket).type == pafs.FileType.NotFound else None
+
+
+def s3_settings(url: str) -> dict[str, str] | None:
+    """The AWS variables set in this process, for reading ``url`` elsewhere (None if not S3).
+
+    Loader workers come from a fork server whose environment was fixed when it started;
+    the rank captures these when it makes a loader and hands them to its workers, so a
+    worker reads with the credentials its rank has now."""
+    return {k: os.environ[k] for k in AWS_VARIABLES if k in os.environ} if is_s3(url) else None
+
+
+def petastorm_filesystem(url: str, settings: dict[str, str] | None = None):
+    """The filesystem to hand Petastorm's readers for ``url``: None (Petastorm resolves
+    local and HDFS URLs itself) or, for S3, s3fs behind pyarrow's legacy wrapper, with
+    ``settings`` (:func:`s3_settings`; default: this process's environment).
+
+    Petastorm would pass a bare s3fs object to ``pyarrow.parquet.ParquetDataset``, which
+    pyarrow 14 then routes to its new Dataset API, where Petastorm's arguments fail; the
+    wrapper keeps it on the legacy API. The wrapper's own ``walk`` calls s3fs's
+    pre-2021 private ``_ls`` (now a coroutine), so it walks with s3fs's public ``walk``.
+    Variables not set fall back to botocore's own chain (profile files, instance roles).
+    """
+    if not is_s3(url):
+        return None
+    import s3fs
+
+    env = s3_settings(url) if settings is None else settings
+    client = {k: env[v] for k, v in (("endpoint_url", ENDPOINT_ENV), ("region_name", "AWS_DEFAULT_REGION")) if v in env}
+    fs = s3fs.S3FileSystem(key=env.get("AWS_ACCESS_KEY_ID"), secret=env.get("AWS_SECRET_ACCESS_KEY"),
+                           token=env.get("AWS_SESSION_TOKEN"), client_kwargs=client, default_block_size=READ_AHEAD)
+    with warnings.catch_warnings():  # "S3FSWrapper is deprecated": nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        return _LegacyS3(fs)
+
+
+class _LegacyS3(S3FSWrapper):
+    def walk(self, path):
+        return self.fs.walk(path.removeprefix("s3://"))
