@@ -39,6 +39,11 @@ def read_split(out: str, split: str) -> dict[str, list]:
     return rows
 
 
+def file_bytes(out: str, split: str) -> list[bytes]:
+    """The Parquet files of a split, byte for byte, in name order."""
+    return [open(f, "rb").read() for f in parquet_files(os.path.join(out, split))]
+
+
 def read_partitions(spark, images: str, conf: dict[str, str]) -> int:
     """How many partitions the conversion's binaryFile read gets under ``conf``."""
     with runtime_conf(spark, conf):
@@ -127,6 +132,7 @@ def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, conve
     assert second.fingerprint == manifest.fingerprint
     for split in manifest.splits:
         assert read_split(again, split) == read_split(out, split)
+        assert file_bytes(again, split) == file_bytes(out, split), "the same input and seed give byte-identical files"
     assert other_seed != sorted(read_split(out, "train")["path"] + read_split(out, "val")["path"]
                                 + read_split(out, "test")["path"], key=lambda p: split_key(SEED, p)), "the seed matters"
     assert sorted(os.listdir(tmp_path)) == ["again"]
