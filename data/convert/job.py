@@ -19,6 +19,8 @@ import os
 import time
 from typing import Iterator
 
+import numpy as np
+
 from data.convert import layouts
 from data.convert.images import EMPTY_FILE
 from data.convert.progress import spark_progress
@@ -60,10 +62,10 @@ def run(spark, lay: layouts.Layout, tmp: str, fractions: Fractions, options: dic
             classes = lay.class_order(list(kept["class"]) + list(bad["class"]) + [rel.split("/")[0] for rel, _ in rejected])
             strata = {(c, p): (len(g), int(g.nbytes.sum())) for (c, p), g in kept.groupby(["class", "part"])}
             _check_found(lay, strata, rejected)
-            assigned = _assign(spark, decoded.where(F.col("status") == KEPT), kept, strata, fractions, classes)
-        per_split = split_rows(strata, fractions, classes)
-        plans = {name: plan_split(sum(per_class), est_bytes, options["files_per_split"], options["row_group_mb"])
-                 for name, (per_class, est_bytes) in per_split.items()}
+            per_split = split_rows(strata, fractions, classes)
+            plans = {name: plan_split(sum(per_class), est_bytes, options["files_per_split"], options["row_group_mb"])
+                     for name, (per_class, est_bytes) in per_split.items()}
+            assigned = _assign(spark, decoded.where(F.col("status") == KEPT), kept, strata, fractions, classes, plans)
         with _stage(spark, "write", progress, stages):
             _write_splits(assigned, plans, tmp)
         splits = {name: SplitInfo(rows=sum(per_class), per_class=per_class,
@@ -129,26 +131,43 @@ def split_rows(strata: Strata, fractions: Fractions, classes: list[str]) -> dict
     return {name: (per_class[name], int(est[name])) for name in SPLIT_NAMES}
 
 
-def _assign(spark, kept_rows, kept, strata: Strata, fractions: Fractions, classes: list[str]):
-    """``kept_rows`` (the cached kept images) with ``split`` and ``label`` columns (and ``path`` =
-    relative path). ``kept`` holds their (class, part, key, relpath) on the driver: for every
-    stratum the last (key, relpath) of train and of val are picked there, and each row is
-    compared with them in SQL."""
+def _assign(spark, kept_rows, kept, strata: Strata, fractions: Fractions, classes: list[str],
+            plans: dict[str, RowGroupPlan]):
+    """``kept_rows`` (the cached kept images) with ``split``, ``label`` and ``file`` (the index of
+    the split's file it goes to) columns, and ``path`` = relative path. ``kept`` holds their
+    (class, part, key, relpath) on the driver: the split rule and the file ranges (equal row
+    counts, in (key, path) order) are worked out there, as a few boundary (key, path) pairs
+    that each row is compared with in SQL."""
     from pyspark.sql import functions as F
 
-    ranked = kept.sort_values(["class", "part", "key", "relpath"])  # code point order = Spark's UTF-8 byte order
+    ranked = kept.sort_values(["key", "relpath"], ignore_index=True)  # code point order = Spark's UTF-8 order
+    rank = ranked.groupby(["class", "part"], sort=False).cumcount().to_numpy()  # within its class, from 0
+    cuts = {s: np.cumsum(split_counts(n, stratum_fractions(s[1], fractions))) for s, (n, _) in strata.items()}
+    ends = np.array([cuts[s] for s in zip(ranked["class"], ranked.part)]).reshape(-1, 3)
+    split = np.where(rank < ends[:, 0], "train", np.where(rank < ends[:, 1], "val", "test"))
+    point = F.struct("key", "relpath")
     rows = []
-    for (cls, part), group in ranked.groupby(["class", "part"], sort=False):
-        train, val, _ = split_counts(strata[(cls, part)][0], stratum_fractions(part, fractions))
-        edges = [(group.key.iloc[r - 1], group.relpath.iloc[r - 1]) if r > 0 else None for r in (train, train + val)]
+    for (cls, part), group in ranked.assign(split=split).groupby(["class", "part"], sort=False):
+        edges = [_edge(group[group.split.isin(names)]) for names in (["train"], ["train", "val"])]
         rows.append((cls, part, classes.index(cls), *edges))
     bounds = spark.createDataFrame(rows, BOUNDS_SCHEMA)
-    point = F.struct("key", "relpath")
-    split = (F.when(F.col("train_last").isNotNull() & (point <= F.col("train_last")), "train")
-             .when(F.col("val_last").isNotNull() & (point <= F.col("val_last")), "val").otherwise("test"))
+    split_col = (F.when(F.col("train_last").isNotNull() & (point <= F.col("train_last")), "train")
+                 .when(F.col("val_last").isNotNull() & (point <= F.col("val_last")), "val").otherwise("test"))
+    file_col = F.lit(0)
+    for name, plan in plans.items():
+        members = ranked[split == name]
+        for i in range(1, plan.files):  # file i starts after the last row of file i - 1
+            key, rel = members.iloc[i * len(members) // plan.files - 1][["key", "relpath"]]
+            after = point > F.struct(F.lit(key).alias("key"), F.lit(rel).alias("relpath"))
+            file_col = file_col + F.when((split_col == name) & after, 1).otherwise(0)
     return (kept_rows.join(F.broadcast(bounds), ["class", "part"])
             .select("image", "label", F.col("relpath").alias("path"), "width", "height", "key",
-                    split.alias("split")))
+                    split_col.alias("split"), file_col.alias("file")))
+
+
+def _edge(rows) -> tuple[str, str] | None:
+    """The last (key, relpath) of rows in (key, relpath) order, or None if there are none."""
+    return (rows.key.iloc[-1], rows.relpath.iloc[-1]) if len(rows) else None
 
 
 def _write_splits(assigned, plans: dict[str, RowGroupPlan], tmp: str) -> None:
@@ -175,13 +194,30 @@ def _write_splits(assigned, plans: dict[str, RowGroupPlan], tmp: str) -> None:
 
 
 def _write_split(rows, plan: RowGroupPlan, path: str) -> None:
-    """Write one split in (key, path) order: file i holds the i-th range of keys. A one-file
-    split is read from the cache by one task, without a shuffle (its bytes written to disk
-    and read back once more)."""
-    spread = rows.coalesce(1) if plan.files == 1 else rows.repartitionByRange(plan.files, "key", "path")
+    """Write one split in (key, path) order: file i holds the i-th of ``plan.files`` ranges
+    of equal row counts (the ``file`` column). A one-file split is read from the cache by one
+    task, without a shuffle (its bytes written to disk and read back once more)."""
+    from pyspark.sql import functions as F
+
+    if plan.files == 1:
+        spread = rows.coalesce(1)
+    else:  # task i writes file i: hash partitioning sends bucket value i to partition i
+        buckets = F.array(*[F.lit(v).cast("long") for v in _identity_buckets(rows.sparkSession, plan.files)])
+        spread = rows.repartition(plan.files, F.element_at(buckets, F.col("file") + 1))
     ordered = spread.sortWithinPartitions("key", "path").select(*OUTPUT_COLUMNS)
     (ordered.write.mode("errorifexists").option("compression", "uncompressed")
      .option("parquet.block.size", str(plan.row_group_bytes)).parquet(path))
+
+
+def _identity_buckets(spark, n: int) -> list[int]:
+    """For i in 0..n-1, a long that ``repartition(n, column)`` (Spark's Murmur3 hash with
+    seed 42, mod n, which SQL's ``hash`` computes) sends to partition i."""
+    from pyspark.sql import functions as F
+
+    found: dict[int, int] = {}
+    for r in spark.range(0, 64 * n).select("id", F.expr(f"pmod(hash(id), {n})").alias("p")).collect():
+        found.setdefault(r.p, r.id)
+    return [found[i] for i in range(n)]
 
 
 def _write_rejected(path: str, rejected: list[tuple[str, str]]) -> None:
