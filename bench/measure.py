@@ -67,6 +67,18 @@ class CpuClock:
         return sum(v - start.get(pid, 0.0) for pid, v in end.items())
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and all its descendants, Spark's JVM and its
+    Python workers included, and by descendants that have ended (counted in their parent)."""
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def stream_rate(open_path: Opener, seconds: float, warmup_batches: int, warmup_s: float) -> Rate:
     """What one path delivers, after ``warmup_batches`` and at least ``warmup_s`` seconds."""
     clock = CpuClock()
@@ -104,6 +116,14 @@ def ceiling_rate(decode_one: Callable[[bytes], object], blobs: list[bytes], seco
             decode_one(blobs[done % len(blobs)])
             done += 1
         return Rate(cores() * done / elapsed, done / max(time.process_time() - cpu0, 1e-9))
+
+
+def convert_checker(quality: int, max_side: int | None) -> Callable[[bytes], object]:
+    """What ``data.convert`` does to each file's bytes: decode fully, check, keep or re-encode
+    (:func:`data.convert.images.try_rgb_jpeg`): the work its conversion ceiling counts."""
+    from data.convert.images import try_rgb_jpeg
+
+    return lambda data: try_rgb_jpeg(data, quality, max_side)
 
 
 def reference_decoder(size: int) -> Callable[[bytes], object]:

@@ -231,11 +231,14 @@ class ParquetImages(IterableDataset):
             if b < skip:
                 continue
             params = self._params(shard, b)
-            images = jpeg_batch(raw, params) if self.decode == "gpu" else decode_batch(raw, self.image_size, params)
+            if self.decode == "gpu":
+                images = jpeg_batch(raw, params)
+            else:  # in a worker, straight into shared memory: the hand-off to the rank copies nothing
+                images = decode_batch(raw, self.image_size, params, shared=get_worker_info() is not None)
             if self.augment is not None:
                 key = int(np.random.SeedSequence([self.seed, self.epoch, shard, b, 8]).generate_state(1)[0])
                 images = self.augment(images, key)
-            yield images, torch.from_numpy(labels)
+            yield images, labels  # a tensor in the rank (Batches): 32 numbers travel in the message, not in shared memory
 
     def _params(self, shard: int, b: int):
         """``(width, height) -> (box, flip)`` for the images of batch ``b``, in order."""
@@ -317,6 +320,13 @@ def _worker_init(stacks_dir: str | None, rank: int, owner: int, worker: int) -> 
         faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
 
 
+def _as_is(batch):
+    """The DataLoader's collate function: a worker's batch is sent as it was built (the
+    default would make the numpy labels a tensor, which travels through shared memory
+    and a file descriptor handed over a socket: more work than the 32 numbers are worth)."""
+    return batch
+
+
 _LIVE: "weakref.WeakSet[Batches]" = weakref.WeakSet()
 
 
@@ -330,13 +340,14 @@ class Batches:
     """Iterator over a DataLoader that owns its worker processes; ``close()`` stops them."""
 
     def __init__(self, dataset: ParquetImages, workers: int, pin_memory: bool):
-        self.dataset = dataset
+        self.dataset, self._pin = dataset, pin_memory and torch.cuda.is_available()
         # Our own generator: otherwise each new iterator draws its worker seed from the global
         # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
         # (Augmentation is keyed explicitly, see ParquetImages; worker seeds are unused.)
         init = functools.partial(_worker_init, os.environ.get(STACKS_DIR_ENV), dataset.rank, os.getpid())
         self._loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                   prefetch_factor=PREFETCH if workers else None, generator=torch.Generator(),
+                                  collate_fn=_as_is,
                                   multiprocessing_context=worker_context() if workers else None,
                                   worker_init_fn=init if workers else None)
         with _main_hidden():
@@ -348,7 +359,10 @@ class Batches:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            return next(self._it)
+            images, labels = next(self._it)
+            labels = torch.from_numpy(labels)
+            # pinned as the DataLoader pins images: a copy to the GPU from pageable memory waits for it
+            return images, labels.pin_memory() if self._pin else labels
         except UserError as exc:  # from a worker: its text is "Caught UserError in ...", a traceback, the message
             last = str(exc).strip().splitlines()[-1]
             raise UserError(last.split("UserError: ", 1)[-1]) from None

@@ -123,9 +123,13 @@ def decode_crop(data: bytes, size: int, params: Callable[[int, int], tuple[Box, 
     return crop_resize(pixels, box, flip, size)
 
 
-def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], tuple[Box, bool]]) -> torch.Tensor:
-    """Decode a batch into uint8 ``[B, 3, size, size]`` with channels_last strides (one buffer)."""
+def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], tuple[Box, bool]],
+                 shared: bool = False) -> torch.Tensor:
+    """Decode a batch into uint8 ``[B, 3, size, size]`` with channels_last strides (one buffer;
+    ``shared``: in shared memory, so a DataLoader worker sends it without copying it there)."""
     out = torch.empty((len(raw), size, size, 3), dtype=torch.uint8)
+    if shared:
+        out.share_memory_()
     for i, data in enumerate(raw):
         out[i] = decode_crop(data, size, params).permute(1, 2, 0)
     return out.permute(0, 3, 1, 2)

@@ -39,6 +39,11 @@ def read_split(out: str, split: str) -> dict[str, list]:
     return rows
 
 
+def file_bytes(out: str, split: str) -> list[bytes]:
+    """The Parquet files of a split, byte for byte, in name order."""
+    return [open(f, "rb").read() for f in parquet_files(os.path.join(out, split))]
+
+
 def read_partitions(spark, images: str, conf: dict[str, str]) -> int:
     """How many partitions the conversion's binaryFile read gets under ``conf``."""
     with runtime_conf(spark, conf):
@@ -114,8 +119,14 @@ def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, conve
     small = {"spark.sql.files.maxPartitionBytes": "8000", "spark.sql.files.openCostInBytes": "1"}
     assert read_partitions(spark, images, {**RUNTIME_CONF, **small}) >= 3 * read_partitions(spark, images, RUNTIME_CONF)
     again = str(tmp_path / "again")
-    everything = convert(images, again, spark=spark, split=(1, 0, 0), seed=SEED + 1, progress=False)
+    everything = convert(images, again, spark=spark, split=(1, 0, 0), seed=SEED + 1, progress=False,
+                         files_per_split=3)
     assert (everything.splits["train"].rows, everything.splits["val"].rows) == (22, 0)
+    files = [pq.read_table(f, columns=["path"]).column("path").to_pylist()
+             for f in parquet_files(os.path.join(again, "train"))]
+    assert [len(f) for f in files] == [7, 7, 8], "file i holds the i-th of 3 equal ranges"
+    keys = [(split_key(SEED + 1, p), p) for f in files for p in f]
+    assert keys == sorted(keys)
     assert (everything.splits["val"].files, everything.splits["val"].row_groups) == (1, 0)  # schema only
     assert spark.read.parquet(os.path.join(again, "val")).columns == list(OUTPUT_COLUMNS)
     other_seed = read_split(again, "train")["path"]
@@ -127,6 +138,7 @@ def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, conve
     assert second.fingerprint == manifest.fingerprint
     for split in manifest.splits:
         assert read_split(again, split) == read_split(out, split)
+        assert file_bytes(again, split) == file_bytes(out, split), "the same input and seed give byte-identical files"
     assert other_seed != sorted(read_split(out, "train")["path"] + read_split(out, "val")["path"]
                                 + read_split(out, "test")["path"], key=lambda p: split_key(SEED, p)), "the seed matters"
     assert sorted(os.listdir(tmp_path)) == ["again"]

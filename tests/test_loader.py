@@ -86,6 +86,9 @@ def test_train_stream_is_repeatable_and_resumes_mid_epoch(seven_groups, workers)
     parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
     kwargs = dict(workers=workers, rank=1, world_size=2)
     full = take(parquet, 16, **kwargs)  # ~42 rows per rank: 16 batches of 4 cross several passes
+    images, labels = full[0]  # the contract, whatever way the batch came from a worker
+    assert images.dtype == torch.uint8 and images.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.shape == (4,)
     assert same(full, take(parquet, 16, **kwargs))
     for skip in (1, 2, 3):
         assert same(full[skip:], take(parquet, 16 - skip, skip=skip, **kwargs)), skip
@@ -113,3 +116,14 @@ def test_a_worker_shard_without_rows_is_a_one_line_user_error(one_group):
         take(parquet, 4, workers=workers, rank=empty // workers, world_size=world)  # batches of both workers
     message = str(caught.value)
     assert "too few rows" in message and "\n" not in message and "Traceback" not in message
+
+
+def test_a_worker_batch_is_decoded_straight_into_shared_memory():
+    """What a worker hands to the rank is already in shared memory: sending it copies nothing."""
+    from data.transforms import decode_batch
+    from tests.sample_images import encode, noise
+
+    jpeg = encode(noise(16, 12, seed=1), "JPEG")
+    whole = lambda w, h: ((0, 0, w, h), False)  # noqa: E731
+    shared, private = decode_batch([jpeg, jpeg], 8, whole, shared=True), decode_batch([jpeg, jpeg], 8, whole)
+    assert shared.is_shared() and not private.is_shared() and torch.equal(shared, private)

@@ -28,6 +28,8 @@ RUNTIME_CONF = {
     "spark.sql.files.openCostInBytes": str(256 * 1024),
     # ~200 images of 50 KB per read task: several tasks per core, for balance.
     "spark.sql.files.maxPartitionBytes": str(64 * 1024 * 1024),
+    # The per-file metadata comes to the driver as Arrow, not as pickled rows.
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
 
 
