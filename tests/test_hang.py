@@ -101,6 +101,8 @@ def test_a_frozen_loader_worker_leaves_stacks_and_a_line_naming_it(seven_groups,
     assert len(error) == 1 and "rank 1 (last step" in error[0] and stacks in error[0]
 
 
-def test_soak_two_runs_under_a_cpu_burner(tmp_path):
-    results = soak.soak(runs=2, epochs=3, burners=2, dist_timeout=120, work_dir=str(tmp_path))
-    assert [good for good, _ in results] == [True, True], results
+def test_soak_run_under_a_cpu_burner(tmp_path):
+    # One run of the soak (3 validations under 2 busy loops) keeps the tool itself working;
+    # `python tests/soak.py` runs 10 of them for the rare hang.
+    results = soak.soak(runs=1, epochs=3, burners=2, dist_timeout=120, work_dir=str(tmp_path))
+    assert [good for good, _ in results] == [True], results
