@@ -82,6 +82,7 @@ DEFAULT_SHUFFLE_ROWS = 1024
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 WORKER_START = "forkserver"  # how loader workers start: see the module docstring
 STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
+RECORD_PATHS_ENV = "SPARKDP_RECORD_PATHS"  # test hook: train workers log each step's paths there
 # petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
 # the deprecation warnings it triggers say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
@@ -197,6 +198,7 @@ class ParquetImages(IterableDataset):
             check_streams(self.streams, global_batch, world_size)
         self.chunk = global_batch // self.streams  # rows each stream gives every step
         self.shuffle_rows = max(shuffle_rows, self.chunk) if train else batch_size
+        self.record = os.environ.get(RECORD_PATHS_ENV)  # read here: workers may not see later changes
 
     def workers_for(self, workers: int) -> int:
         """Loader workers to start: train streams are owned whole, so at most one per stream."""
@@ -210,41 +212,44 @@ class ParquetImages(IterableDataset):
             self.parquet.url, schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=1,
             shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count)
 
-    def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(image bytes, labels) per row group this shard reads, after the ownership filter;
-        train repeats the shard forever, one freshly seeded pass at a time."""
+    def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(image bytes, labels, paths) per row group this shard reads, after the ownership
+        filter; train repeats the shard forever, one freshly seeded pass at a time."""
         for pass_ in itertools.count() if self.train else range(1):
             rows = 0
             with self._reader(plan, pass_) as reader:
                 for chunk in reader:
                     keep = plan.keep(chunk.path)
-                    images, labels = (chunk.image, chunk.label) if keep is None else (chunk.image[keep], chunk.label[keep])
+                    images, labels, paths = (chunk.image, chunk.label, chunk.path) if keep is None else \
+                        (chunk.image[keep], chunk.label[keep], chunk.path[keep])
                     if len(labels):
                         rows += len(labels)
-                        yield images, labels.astype(np.int64)
+                        yield images, labels.astype(np.int64), paths
             if self.train and not rows:  # a whole pass gave nothing: it would spin forever
                 raise UserError(f"{self.parquet.url} has too few rows for {self.streams} train stream(s): "
                                 "use fewer --streams (or ranks x loader workers), or more data")
 
-    def _batches(self, plan: ShardPlan, shard: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Raw (bytes, labels) batches of ``size`` rows; train mixes rows across row groups in a buffer."""
-        images, labels = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    def _batches(self, plan: ShardPlan, shard: int, size: int) -> Iterator[tuple[np.ndarray, ...]]:
+        """Raw (bytes, labels, paths) batches of ``size`` rows; train mixes rows across row
+        groups in a buffer."""
+        rows = (np.empty(0, dtype=object), np.empty(0, dtype=np.int64), np.empty(0, dtype=object))
         target = self.shuffle_rows
-        for n_chunk, (new_images, new_labels) in enumerate(self._row_chunks(plan)):
-            images, labels = np.concatenate([images, new_images]), np.concatenate([labels, new_labels])
-            if len(labels) < target:
+        for n_chunk, new in enumerate(self._row_chunks(plan)):
+            rows = tuple(np.concatenate([old, more]) for old, more in zip(rows, new))
+            n = len(rows[1])
+            if n < target:
                 continue
             if self.train:
-                perm = np.random.default_rng([self.seed, self.epoch, shard, n_chunk]).permutation(len(labels))
-                images, labels = images[perm], labels[perm]
-            n_out = max(1, (len(labels) - target // 2) // size) if self.train else len(labels) // size
+                perm = np.random.default_rng([self.seed, self.epoch, shard, n_chunk]).permutation(n)
+                rows = tuple(column[perm] for column in rows)
+            n_out = max(1, (n - target // 2) // size) if self.train else n // size
             for i in range(n_out):
-                yield images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size]
-            images, labels = images[n_out * size:], labels[n_out * size:]
-        if len(labels):  # only reached by finite (eval) readers: the last, partial batch
-            yield images, labels
+                yield tuple(column[i * size:(i + 1) * size] for column in rows)
+            rows = tuple(column[n_out * size:] for column in rows)
+        if len(rows[1]):  # only reached by finite (eval) readers: the last, partial batch
+            yield rows
 
-    def _stream(self, stream: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _stream(self, stream: int) -> Iterator[tuple[np.ndarray, ...]]:
         """Train stream ``stream``: its ``chunk`` rows for each step of the epoch, from step 0."""
         return self._batches(shard_plan(stream, self.streams, self.parquet.row_groups), stream, self.chunk)
 
@@ -262,7 +267,7 @@ class ParquetImages(IterableDataset):
             return
         shard = self.rank * workers + worker
         plan = shard_plan(shard, self.world_size * workers, self.parquet.row_groups)
-        for raw, labels in self._batches(plan, shard, self.batch_size):
+        for raw, labels, _ in self._batches(plan, shard, self.batch_size):
             images = self._decode(raw, [lambda width, height: eval_params(width, height, self.image_size)])
             yield images, torch.from_numpy(labels)
 
@@ -281,7 +286,18 @@ class ParquetImages(IterableDataset):
                 for i, s in enumerate(streams):
                     key = int(np.random.SeedSequence([self.seed, self.epoch, s, step, 8]).generate_state(1)[0])
                     self.augment(images[i * self.chunk:(i + 1) * self.chunk], key)
+            if self.record:
+                self._record(step, streams, chunks)
             yield images, torch.from_numpy(np.concatenate([c[1] for c in chunks]))
+
+    def _record(self, step: int, streams: range, chunks: list) -> None:
+        """Test hook (``SPARKDP_RECORD_PATHS=DIR``): append this worker's part of ``step`` as
+        ``{"epoch", "step", "stream", "paths"}`` lines to ``DIR/<pid>.jsonl``."""
+        import json
+
+        with open(os.path.join(self.record, f"{os.getpid()}.jsonl"), "a") as f:
+            for s, chunk in zip(streams, chunks):
+                f.write(json.dumps({"epoch": self.epoch, "step": step, "stream": s, "paths": chunk[2].tolist()}) + "\n")
 
     def _decode(self, raw, params: list):
         """Decode (or wrap for GPU decoding) ``raw``; image ``i`` takes its crop and flip from
