@@ -54,7 +54,7 @@ def mlflow_client(summary: dict):
 
 
 def test_two_ranks_take_equal_steps_on_a_single_row_group(one_group, tmp_path):
-    # 2 ranks x 2 workers = 4 loader shards over 1 row group: no NoDataAvailableError, no hang.
+    # 2 ranks x 2 workers = 4 train streams over 1 row group: no NoDataAvailableError, no hang.
     summary = train(one_group[0], str(tmp_path), *TRAIN, "--epochs", "1")
     assert summary["rank_steps"] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH]
     assert summary["steps"] == summary["steps_per_epoch"] == STEPS_PER_EPOCH
@@ -62,7 +62,7 @@ def test_two_ranks_take_equal_steps_on_a_single_row_group(one_group, tmp_path):
 
 
 def test_two_ranks_take_equal_steps_on_seven_row_groups(reference, seven_groups):
-    # 7 row groups over 4 loader shards: shards of 2, 2, 2 and 1 row groups.
+    # 7 row groups over 4 train streams: streams of 2, 2, 2 and 1 row groups.
     _, summary = reference
     assert summary["world_size"] == 2 and summary["steps_per_epoch"] == STEPS_PER_EPOCH
     assert summary["rank_steps"] == [TOTAL_STEPS, TOTAL_STEPS] and summary["steps"] == TOTAL_STEPS
