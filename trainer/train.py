@@ -362,7 +362,7 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
         elif resumed.get(ck.WORLD_SIZE) != dist.world_size:
             print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ck.WORLD_SIZE)}): the same global "
                    "batches; gradients are summed in another order, so the weights follow the uninterrupted run "
-                   "to float rounding")
+                   "up to float rounding, not bit for bit")
         print0(f"resuming from {resume_path} at step {job.progress.step} (epoch {job.progress.epoch + 1}, "
                f"step {job.progress.step_in_epoch} of {steps_per_epoch})")
     return job
