@@ -1,26 +1,39 @@
 """Per-rank Petastorm loaders: an infinite, shuffled train stream and exactly-once eval.
 
-Sharding. Every (rank, DataLoader worker) pair is one *global shard*:
-``g = rank * workers + worker_id`` out of ``S = world_size * workers``. Petastorm shards
-by row group (``cur_shard``/``shard_count``) and raises NoDataAvailableError when a
-shard would get no row group, so we ask it for ``n = min(S, row_groups)`` shards and,
-where ``k`` global shards share one Petastorm shard, each keeps every k-th row of each
-row group it reads, from an offset fixed by the row group's first path (so the split
-does not depend on the order row groups arrive in). The shards are then disjoint, cover
-every row and differ in size by at most one row per row group: eval reads each image
-exactly once across all ranks and workers, however the rows are grouped, and a train
-shard is empty only when its row groups hold fewer rows than the ``k`` sharing them.
+Train order: canonical streams, independent of the world size. A train split is read
+as ``C`` *streams* (``streams``; see :func:`default_streams`). Stream ``s`` is global
+shard ``s`` of ``C`` under the shard rules below; each epoch it is an endless sequence
+of one-epoch Petastorm passes over its row groups (row-group order seeded by (seed,
+epoch, pass): Petastorm's own ``num_epochs=None`` reshuffles a timing-dependent number
+of times between passes), its rows shuffled again in a buffer of ``shuffle_rows`` rows
+(seeded by (seed, epoch, stream, chunk)). Global step ``t`` of an epoch takes the next
+``global_batch / C`` rows of every stream, in stream order. So which images make up
+global step ``t``, and in which order, depends only on the split, the seed, the epoch,
+the global batch and ``C``: not on the world size or the loader workers. Rank ``r`` of
+``W`` owns streams ``r*C/W .. (r+1)*C/W - 1``, so its batch at step ``t`` is the slice
+``r*B/W .. (r+1)*B/W`` of global batch ``t`` (``B`` the global batch); its loader
+workers own contiguous runs of those streams (``min(workers, C/W)`` workers start), each
+yields its part of every step and the rank joins the parts in stream order. Rules:
+``W`` divides ``C`` and ``C`` divides ``B``. Augmentation randomness (crop boxes and
+flips, and the optional ``auto_augment``/``random_erase`` of
+:class:`data.transforms.Augment`) is keyed by (seed, epoch, stream, step), so the same
+image at the same global step gets the same pixels on any world size, and a resumed
+epoch skips steps without decoding them. Every rank runs the same number of steps
+(the trainer takes a fixed number per epoch); a stream's passes repeat, so each image is
+read once per pass over its stream. Memory: a worker holds, per stream it owns, one row
+group being read and the stream's buffer, so fewer ranks than ``C`` hold more streams each.
 
-Train streams are infinite: the trainer takes a fixed number of batches per epoch, so
-every rank runs the same number of steps. Each pass over a shard is its own
-one-epoch Petastorm reader whose row-group order is seeded by (seed, epoch, pass):
-Petastorm's own ``num_epochs=None`` reshuffles a timing-dependent number of times
-between passes (its ventilator thread reshuffles while it waits for queue room), which
-would make runs, and resumed runs, differ. Rows are shuffled again in a buffer that
-spans several row groups. Augmentation randomness (crop boxes and flips, and the
-optional ``auto_augment``/``random_erase`` of :class:`data.transforms.Augment`) is
-keyed by (seed, epoch, shard, batch index), so a resumed epoch can skip batches without decoding them and still see
-exactly the batches an uninterrupted run would have seen.
+Shards (train streams and eval). Global shard ``g`` of ``S`` (a train stream: ``S = C``;
+eval: ``g = rank * workers + worker_id`` of ``S = world_size * workers``) maps onto
+Petastorm's row-group sharding (``cur_shard``/``shard_count``), which raises
+NoDataAvailableError when a shard would get no row group, so we ask it for
+``n = min(S, row_groups)`` shards and, where ``k`` global shards share one Petastorm
+shard, each keeps every k-th row of each row group it reads (read amplification ``k``),
+from an offset fixed by the row group's first path (so the split does not depend on the
+order row groups arrive in). The shards are then disjoint, cover every row and differ in
+size by at most one row per row group: eval reads each image exactly once across all
+ranks and workers, however the rows are grouped, and a train stream is empty (a one-line
+error) only when its row groups hold fewer rows than the ``k`` sharing them.
 
 Loader workers are started by a ``forkserver``, never forked from the rank itself: a
 rank runs other threads (the step heartbeat, gloo's, Arrow's, the queues' feeders), and
@@ -85,6 +98,7 @@ PREFETCH = 4  # decoded batches each worker may have in flight (DataLoader's pre
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 WORKER_START = "forkserver"  # how loader workers start: see the module docstring
 STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
+RECORD_PATHS_ENV = "SPARKDP_RECORD_PATHS"  # test hook: train workers log each step's paths there
 # petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
 # the deprecation warnings it triggers say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
@@ -114,6 +128,24 @@ def shard_plan(global_shard: int, total_shards: int, row_groups: int) -> ShardPl
     cur = global_shard % n
     return ShardPlan(cur, n, len(range(cur, total_shards, n)), global_shard // n,
                      len(range(cur, row_groups, n)))
+
+
+def default_streams(global_batch: int, world_size: int, workers: int) -> int:
+    """The stream count when none is given: one stream per (rank, loader worker) as far as
+    the global batch allows, i.e. the largest ``C <= world_size * max(workers, 1)`` that the
+    world size divides and that divides the global batch. Pass ``streams`` explicitly (the
+    trainer keeps the checkpoint's) to resume the same order on another world size."""
+    return max(c for c in range(world_size, world_size * max(workers, 1) + 1, world_size) if global_batch % c == 0)
+
+
+def check_streams(streams: int, global_batch: int, world_size: int) -> None:
+    """The train-order rules (module docstring), as one-line errors."""
+    if streams < 1 or global_batch % streams:
+        raise UserError(f"{streams} stream(s) do not divide the global batch {global_batch}: "
+                        "choose a stream count that divides it")
+    if streams % world_size:
+        raise UserError(f"{world_size} ranks cannot share {streams} stream(s) equally: the world size must divide "
+                        "the stream count (resume on a world size that divides it, or start with more streams)")
 
 
 @dataclass(frozen=True)
@@ -156,12 +188,17 @@ def _worker() -> tuple[int, int]:
 
 
 class ParquetImages(IterableDataset):
-    """One (rank, worker) shard of a split, yielding decoded batches. See module docstring."""
+    """This rank's train streams (each worker its share of them), or one (rank, worker)
+    eval shard of a split, yielding decoded batches. See the module docstring.
+
+    ``batch_size`` is the rank's batch (train: its ``1/world_size`` of the global batch).
+    With several workers a train step arrives as one part per worker, joined by
+    :class:`Batches`; :meth:`workers_for` says how many workers a train stream uses."""
 
     def __init__(self, parquet: ParquetSplit, *, rank: int, world_size: int, batch_size: int,
                  image_size: int, train: bool, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
                  shuffle_rows: int = DEFAULT_SHUFFLE_ROWS, decode: str = "cpu", auto_augment: str = "none",
-                 random_erase: float = 0.0):
+                 random_erase: float = 0.0, streams: int | None = None, workers: int = 0):
         if decode not in DECODE_MODES:
             raise UserError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
         augment = Augment(auto_augment, random_erase)
@@ -171,8 +208,18 @@ class ParquetImages(IterableDataset):
         self.parquet, self.rank, self.world_size, self.decode = parquet, rank, world_size, decode
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.seed, self.epoch, self.skip_batches = seed, epoch, skip_batches
-        self.shuffle_rows = max(shuffle_rows, batch_size) if train else batch_size
+        global_batch = batch_size * world_size
+        self.streams = streams or default_streams(global_batch, world_size, workers)
+        if train:
+            check_streams(self.streams, global_batch, world_size)
+        self.chunk = global_batch // self.streams  # rows each stream gives every step
+        self.shuffle_rows = max(shuffle_rows, self.chunk) if train else batch_size
+        self.record = os.environ.get(RECORD_PATHS_ENV)  # read here: workers may not see later changes
         self.storage = s3_settings(parquet.url)  # the rank's AWS variables, for its workers
+
+    def workers_for(self, workers: int) -> int:
+        """Loader workers to start: train streams are owned whole, so at most one per stream."""
+        return min(workers, self.streams // self.world_size) if self.train else workers
 
     def _reader(self, plan: ShardPlan, pass_: int):
         from petastorm import make_batch_reader
@@ -183,69 +230,103 @@ class ParquetImages(IterableDataset):
             shuffle_row_groups=self.train, seed=seed, cur_shard=plan.cur_shard, shard_count=plan.shard_count,
             filesystem=petastorm_filesystem(self.parquet.url, self.storage))
 
-    def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(image bytes, labels) per row group this shard reads, after the ownership filter;
-        train repeats the shard forever, one freshly seeded pass at a time."""
+    def _row_chunks(self, plan: ShardPlan) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(image bytes, labels, paths) per row group this shard reads, after the ownership
+        filter; train repeats the shard forever, one freshly seeded pass at a time."""
         for pass_ in itertools.count() if self.train else range(1):
             rows = 0
             with self._reader(plan, pass_) as reader:
                 for chunk in reader:
                     keep = plan.keep(chunk.path)
-                    images, labels = (chunk.image, chunk.label) if keep is None else (chunk.image[keep], chunk.label[keep])
+                    images, labels, paths = (chunk.image, chunk.label, chunk.path) if keep is None else \
+                        (chunk.image[keep], chunk.label[keep], chunk.path[keep])
                     if len(labels):
                         rows += len(labels)
-                        yield images, labels.astype(np.int64)
+                        yield images, labels.astype(np.int64), paths
             if self.train and not rows:  # a whole pass gave nothing: it would spin forever
-                raise UserError(f"{self.parquet.url} has too few rows for {self.world_size} rank(s) "
-                                "x loader workers: use fewer --workers or ranks, or more data")
+                raise UserError(f"{self.parquet.url} has too few rows for {self.streams} train stream(s): "
+                                "use fewer --streams (or ranks x loader workers), or more data")
 
-    def _batches(self, plan: ShardPlan, shard: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Raw (bytes, labels) batches; train mixes rows across row groups in a buffer."""
-        images, labels = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    def _batches(self, plan: ShardPlan, shard: int, size: int) -> Iterator[tuple[np.ndarray, ...]]:
+        """Raw (bytes, labels, paths) batches of ``size`` rows; train mixes rows across row
+        groups in a buffer."""
+        rows = (np.empty(0, dtype=object), np.empty(0, dtype=np.int64), np.empty(0, dtype=object))
         target = self.shuffle_rows
-        for n_chunk, (new_images, new_labels) in enumerate(self._row_chunks(plan)):
-            images, labels = np.concatenate([images, new_images]), np.concatenate([labels, new_labels])
-            if len(labels) < target:
+        for n_chunk, new in enumerate(self._row_chunks(plan)):
+            rows = tuple(np.concatenate([old, more]) for old, more in zip(rows, new))
+            n = len(rows[1])
+            if n < target:
                 continue
             if self.train:
-                perm = np.random.default_rng([self.seed, self.epoch, shard, n_chunk]).permutation(len(labels))
-                images, labels = images[perm], labels[perm]
-            n_out = max(1, (len(labels) - target // 2) // self.batch_size) if self.train else len(labels) // self.batch_size
+                perm = np.random.default_rng([self.seed, self.epoch, shard, n_chunk]).permutation(n)
+                rows = tuple(column[perm] for column in rows)
+            n_out = max(1, (n - target // 2) // size) if self.train else n // size
             for i in range(n_out):
-                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                yield images[sl], labels[sl]
-            images, labels = images[n_out * self.batch_size:], labels[n_out * self.batch_size:]
-        if len(labels):  # only reached by finite (eval) readers: the last, partial batch
-            yield images, labels
+                yield tuple(column[i * size:(i + 1) * size] for column in rows)
+            rows = tuple(column[n_out * size:] for column in rows)
+        if len(rows[1]):  # only reached by finite (eval) readers: the last, partial batch
+            yield rows
+
+    def _stream(self, stream: int) -> Iterator[tuple[np.ndarray, ...]]:
+        """Train stream ``stream``: its ``chunk`` rows for each step of the epoch, from step 0."""
+        return self._batches(shard_plan(stream, self.streams, self.parquet.row_groups), stream, self.chunk)
+
+    def worker_streams(self, worker: int, workers: int) -> range:
+        """The train streams worker ``worker`` of ``workers`` (as started) owns: a contiguous run
+        of this rank's, so joining the workers' parts in order keeps the stream order."""
+        per_rank = self.streams // self.world_size
+        first = self.rank * per_rank
+        return range(first + worker * per_rank // workers, first + (worker + 1) * per_rank // workers)
 
     def __iter__(self):
         worker, workers = _worker()
-        # The DataLoader hands out batch q from worker q % workers. In a full epoch global
-        # batch p is batch p // workers of shard p % workers; a resumed epoch starts at
-        # p = skip_batches, so worker w plays the part of worker (w + skip_batches) % workers.
-        role = (worker + self.skip_batches) % workers
-        shard = self.rank * workers + role
-        plan = shard_plan(shard, self.world_size * workers, self.parquet.row_groups)
-        skip = len(range(role, self.skip_batches, workers))
-        for b, (raw, labels) in enumerate(self._batches(plan, shard)):
-            if b < skip:
-                continue
-            params = self._params(shard, b)
-            if self.decode == "gpu":
-                images = jpeg_batch(raw, params)
-            else:  # in a worker, straight into shared memory: the hand-off to the rank copies nothing
-                images = decode_batch(raw, self.image_size, params, shared=get_worker_info() is not None)
-            if self.augment is not None:
-                key = int(np.random.SeedSequence([self.seed, self.epoch, shard, b, 8]).generate_state(1)[0])
-                images = self.augment(images, key)
-            yield images, labels  # a tensor in the rank (Batches): 32 numbers travel in the message, not in shared memory
-
-    def _params(self, shard: int, b: int):
-        """``(width, height) -> (box, flip)`` for the images of batch ``b``, in order."""
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, shard, b, 7])
-            return lambda width, height: train_params(width, height, rng)
-        return lambda width, height: eval_params(width, height, self.image_size)
+            yield from self._train_parts(self.worker_streams(worker, workers))
+            return
+        shard = self.rank * workers + worker
+        plan = shard_plan(shard, self.world_size * workers, self.parquet.row_groups)
+        for raw, labels, _ in self._batches(plan, shard, self.batch_size):
+            yield self._decode(raw, [lambda width, height: eval_params(width, height, self.image_size)]), labels
+
+    def _train_parts(self, streams: range):
+        """This worker's part of each step: the streams' chunks, decoded and augmented with
+        randomness keyed by (seed, epoch, stream, step), from step ``skip_batches`` on."""
+        sources = [self._stream(s) for s in streams]
+        for step in itertools.count():
+            chunks = [next(source) for source in sources]
+            if step < self.skip_batches:
+                continue  # a resumed epoch: the rows are taken, nothing is decoded
+            rngs = [np.random.default_rng([self.seed, self.epoch, s, step, 7]) for s in streams]
+            raw = np.concatenate([c[0] for c in chunks])
+            images = self._decode(raw, [functools.partial(train_params, rng=rng) for rng in rngs])
+            if self.augment is not None:
+                for i, s in enumerate(streams):
+                    key = int(np.random.SeedSequence([self.seed, self.epoch, s, step, 8]).generate_state(1)[0])
+                    self.augment(images[i * self.chunk:(i + 1) * self.chunk], key)
+            if self.record:
+                self._record(step, streams, chunks)
+            # labels as numpy: 32 numbers travel in the message, not in shared memory (Batches makes the tensor)
+            yield images, np.concatenate([c[1] for c in chunks])
+
+    def _record(self, step: int, streams: range, chunks: list) -> None:
+        """Test hook (``SPARKDP_RECORD_PATHS=DIR``): append this worker's part of ``step`` as
+        ``{"epoch", "step", "stream", "paths"}`` lines to ``DIR/<pid>.jsonl``."""
+        import json
+
+        with open(os.path.join(self.record, f"{os.getpid()}.jsonl"), "a") as f:
+            for s, chunk in zip(streams, chunks):
+                f.write(json.dumps({"epoch": self.epoch, "step": step, "stream": s, "paths": chunk[2].tolist()}) + "\n")
+
+    def _decode(self, raw, params: list):
+        """Decode (or wrap for GPU decoding) ``raw``; image ``i`` takes its crop and flip from
+        ``params[i // chunk]`` (one callable per stream chunk, or one for all)."""
+        n = itertools.count()
+        per = self.chunk if len(params) > 1 else max(len(raw), 1)
+        draw = lambda width, height: params[next(n) // per](width, height)  # noqa: E731
+        if self.decode == "gpu":
+            return jpeg_batch(raw, draw)
+        # in a worker, straight into shared memory: the hand-off to the rank copies nothing
+        return decode_batch(raw, self.image_size, draw, shared=get_worker_info() is not None)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -340,7 +421,13 @@ class Batches:
     """Iterator over a DataLoader that owns its worker processes; ``close()`` stops them."""
 
     def __init__(self, dataset: ParquetImages, workers: int, pin_memory: bool):
-        self.dataset, self._pin = dataset, pin_memory and torch.cuda.is_available()
+        self.dataset = dataset
+        workers = dataset.workers_for(workers)
+        # A train step comes as one part from each worker, in worker order (the DataLoader
+        # takes its workers in turn): joined here, then pinned when asked.
+        self._parts = workers if dataset.train and workers > 1 else 1
+        self._pin = pin_memory and torch.cuda.is_available()
+        pin_memory = pin_memory and self._parts == 1
         # Our own generator: otherwise each new iterator draws its worker seed from the global
         # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
         # (Augmentation is keyed explicitly, see ParquetImages; worker seeds are unused.)
@@ -359,10 +446,17 @@ class Batches:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            images, labels = next(self._it)
-            labels = torch.from_numpy(labels)
-            # pinned as the DataLoader pins images: a copy to the GPU from pageable memory waits for it
-            return images, labels.pin_memory() if self._pin else labels
+            if self._parts == 1:
+                images, labels = next(self._it)  # images pinned by the DataLoader when asked
+                labels = torch.from_numpy(labels)
+                # pinned as the DataLoader pins images: a copy to the GPU from pageable memory waits for it
+                return images, labels.pin_memory() if self._pin else labels
+            images, labels = _join([next(self._it) for _ in range(self._parts)])
+            if self._pin:
+                images = JpegBatch(*(t.pin_memory() for t in images)) if isinstance(images, JpegBatch) \
+                    else images.pin_memory()
+                labels = labels.pin_memory()
+            return images, labels
         except UserError as exc:  # from a worker: its text is "Caught UserError in ...", a traceback, the message
             last = str(exc).strip().splitlines()[-1]
             raise UserError(last.split("UserError: ", 1)[-1]) from None
@@ -374,10 +468,21 @@ class Batches:
             shutdown()
 
 
+def _join(parts: list) -> tuple[torch.Tensor | JpegBatch, torch.Tensor]:
+    """One batch from the workers' parts of a step, in order."""
+    labels = torch.from_numpy(np.concatenate([y for _, y in parts]))
+    if not isinstance(parts[0][0], JpegBatch):
+        return torch.cat([x for x, _ in parts]), labels  # keeps channels_last strides
+    starts = np.cumsum([0] + [len(x.data) for x, _ in parts[:-1]])
+    return JpegBatch(torch.cat([x.data for x, _ in parts]),
+                     torch.cat([parts[0][0].offsets[:1]] + [x.offsets[1:] + int(o) for (x, _), o in zip(parts, starts)]),
+                     torch.cat([x.boxes for x, _ in parts]), torch.cat([x.flips for x, _ in parts])), labels
+
+
 @contextlib.contextmanager
 def make_loader(parquet: ParquetSplit, *, workers: int = 2, pin_memory: bool = False, **kwargs) -> Iterator[Batches]:
     """Context manager yielding :class:`Batches` over ``ParquetImages(parquet, **kwargs)``."""
-    batches = Batches(ParquetImages(parquet, **kwargs), workers, pin_memory)
+    batches = Batches(ParquetImages(parquet, workers=workers, **kwargs), workers, pin_memory)
     try:
         yield batches
     finally:

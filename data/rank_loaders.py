@@ -87,7 +87,7 @@ def make_train_loader(data: str | ParquetSplit, *, batch_size: int, image_size: 
                       steps_per_epoch: int | None = None, epoch: int = 0, skip_batches: int = 0, seed: int = 0,
                       workers: int = 2, pin_memory: bool | None = None, decode: str = "cpu", split: str = "train",
                       rank: int | None = None, world_size: int | None = None, auto_augment: str = "none",
-                      random_erase: float = 0.0) -> Iterator[TrainBatches]:
+                      random_erase: float = 0.0, streams: int | None = None) -> Iterator[TrainBatches]:
     """This rank's shuffled, augmented train batches for one epoch: ``(uint8 [B,3,H,W], int64 [B])``.
 
     Every rank gets exactly ``steps_per_epoch`` batches (default: one pass over the
@@ -96,7 +96,11 @@ def make_train_loader(data: str | ParquetSplit, *, batch_size: int, image_size: 
     augmentation (RandomResizedCrop and flip, plus ``auto_augment``: ``ta_wide``, ``ra`` or
     ``augmix``, and ``random_erase`` probability, see :class:`data.transforms.Augment`);
     ``skip_batches`` resumes an epoch after that many steps and yields the
-    batches an uninterrupted run would have. Feed images to :func:`data.loader.normalize`
+    batches an uninterrupted run would have. The global batch (``batch_size x
+    world_size``) is read from ``streams`` canonical streams (default
+    :func:`data.loader.default_streams`): with the same ``streams`` and global batch, step
+    ``t`` covers the same images with the same augmentation on any world size that divides
+    ``streams``, so a run can resume on another world size. Feed images to :func:`data.loader.normalize`
     on the device. ``data`` is a data set folder or :func:`open_split`'s result;
     ``pin_memory`` defaults to whether CUDA is available.
     """
@@ -105,7 +109,7 @@ def make_train_loader(data: str | ParquetSplit, *, batch_size: int, image_size: 
     steps = train_steps_per_epoch(parquet, batch_size, args["world_size"], steps_per_epoch)
     with make_loader(parquet, batch_size=batch_size, image_size=image_size, train=True, seed=seed, epoch=epoch,
                      skip_batches=skip_batches, decode=decode, auto_augment=auto_augment,
-                     random_erase=random_erase, **args) as batches:
+                     random_erase=random_erase, streams=streams, **args) as batches:
         yield TrainBatches(batches, steps, skip_batches)
 
 

@@ -2,9 +2,10 @@
 
     torchrun --nproc-per-node 2 examples/custom_loop.py --data DIR [--out RUN_DIR]
 
-Every rank runs the same number of steps on its own shard, validation reads each image
-once across ranks and reduces exact sums, rank 0 logs to MLflow and writes
-RUN_DIR/checkpoints/last.pt; started again with the same --out, it carries on from there.
+Every rank runs the same number of steps on its share of each global batch, validation
+reads each image once across ranks and reduces exact sums, rank 0 logs to MLflow and
+writes RUN_DIR/checkpoints/last.pt; started again with the same --out, it carries on from
+there, on any world size that divides --streams: the global batches are the same.
 """
 import argparse
 import os
@@ -24,6 +25,8 @@ p.add_argument("--out", default="runs/custom_loop", help="run folder: checkpoint
 p.add_argument("--epochs", type=int, default=2)
 p.add_argument("--steps-per-epoch", type=int, help="per rank (default: one pass over the train split)")
 p.add_argument("--batch-size", type=int, default=16, help="per rank")
+p.add_argument("--global-batch-size", type=int, help="images per step over all ranks, instead of --batch-size")
+p.add_argument("--streams", type=int, default=8, help="canonical train streams: the world size must divide them")
 p.add_argument("--image-size", type=int, default=64)
 p.add_argument("--workers", type=int, default=2, help="loader processes per rank")
 p.add_argument("--lr", type=float, default=2e-3)
@@ -46,11 +49,13 @@ try:
     ddp = DDP(model) if dist.world_size > 1 else model
     tracker = make_tracker(dist.is_main, args.out, "custom-loop")  # MLflow on rank 0, a no-op elsewhere
     tracker.log_params(vars(args))
-    sizes = dict(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers)
+    per_rank = args.global_batch_size // dist.world_size if args.global_batch_size else args.batch_size
+    sizes = dict(batch_size=per_rank, image_size=args.image_size, workers=args.workers)
     beta, steps = torch.distributions.Beta(args.mixup, args.mixup) if args.mixup > 0 else None, 0
     for epoch in range(start, args.epochs):
         ddp.train()
-        with make_train_loader(args.data, steps_per_epoch=args.steps_per_epoch, epoch=epoch, **sizes) as batches:
+        with make_train_loader(args.data, steps_per_epoch=args.steps_per_epoch, epoch=epoch, streams=args.streams,
+                               **sizes) as batches:
             for images, labels in batches:  # exactly the same number of batches on every rank
                 x, y = normalize(images, dist.device), labels.to(dist.device)
                 lam, perm = float(beta.sample()) if beta else 1.0, torch.randperm(len(y))

@@ -54,7 +54,7 @@ def mlflow_client(summary: dict):
 
 
 def test_two_ranks_take_equal_steps_on_a_single_row_group(one_group, tmp_path):
-    # 2 ranks x 2 workers = 4 loader shards over 1 row group: no NoDataAvailableError, no hang.
+    # 2 ranks x 2 workers = 4 train streams over 1 row group: no NoDataAvailableError, no hang.
     summary = train(one_group[0], str(tmp_path), *TRAIN, "--epochs", "1")
     assert summary["rank_steps"] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH]
     assert summary["steps"] == summary["steps_per_epoch"] == STEPS_PER_EPOCH
@@ -62,7 +62,7 @@ def test_two_ranks_take_equal_steps_on_a_single_row_group(one_group, tmp_path):
 
 
 def test_two_ranks_take_equal_steps_on_seven_row_groups(reference, seven_groups):
-    # 7 row groups over 4 loader shards: shards of 2, 2, 2 and 1 row groups.
+    # 7 row groups over 4 train streams: streams of 2, 2, 2 and 1 row groups.
     _, summary = reference
     assert summary["world_size"] == 2 and summary["steps_per_epoch"] == STEPS_PER_EPOCH
     assert summary["rank_steps"] == [TOTAL_STEPS, TOTAL_STEPS] and summary["steps"] == TOTAL_STEPS
@@ -248,7 +248,12 @@ def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven_groups, 
 
 
 def test_resume_notes_settings_that_change_the_trajectory():
-    state = {ck.CONFIG: {"batch_size": 8, "workers": 2, "val_every": None}, ck.WORLD_SIZE: 2}
-    assert ck.changed_settings(state, {"batch_size": 8, "workers": 2, "val_every": 5}, 2) == []
-    assert ck.changed_settings(state, {"batch_size": 8, "workers": 1, "val_every": None}, 4) == [
-        "--workers 2 -> 1", "world size 2 -> 4"]
+    order = {ck.GLOBAL_BATCH: 16, ck.STREAMS: 4, ck.MICRO_BATCH: 8}
+    state = {ck.CONFIG: {"seed": 1, "workers": 2, "val_every": None}, ck.WORLD_SIZE: 2, **order}
+    # Loader workers, the world size and bookkeeping settings do not change the trajectory ...
+    assert ck.changed_settings(state, {"seed": 1, "workers": 1, "val_every": 5}, order) == []
+    # ... the seed, the global batch, the streams and the micro-batch do.
+    assert ck.changed_settings(state, {"seed": 2, "workers": 2}, {**order, ck.GLOBAL_BATCH: 32, ck.STREAMS: 8}) == [
+        "--seed 1 -> 2", "global batch 16 -> 32", "streams 4 -> 8"]
+    assert ck.changed_settings({ck.CONFIG: {"seed": 1}}, {"seed": 1}, order) == [
+        "the sample order (the checkpoint predates canonical streams)"]

@@ -36,10 +36,14 @@ WORLD_SIZE = "world_size"          # ranks that trained it
 SKIPPED_STEPS = "skipped_steps"    # steps the fp16 loss scaler skipped
 EMA = "ema"                        # --model-ema: the averaged weights (what validation scored)
 EMA_UPDATES = "ema_updates"
+GLOBAL_BATCH = "global_batch"      # images per optimizer step, all ranks
+STREAMS = "streams"                # canonical train streams (data.loader): with GLOBAL_BATCH, the sample order
+MICRO_BATCH = "micro_batch"        # images per forward pass on a rank (BatchNorm statistics, MixUp pairs)
 
 # Settings that shape the data order or the arithmetic: changing one on resume gives a
-# valid run, but not the one an uninterrupted run would have been.
-TRAJECTORY_SETTINGS = ("batch_size", "workers", "seed", "epochs", "steps_per_epoch", "image_size", "lr", "base_lr",
+# valid run, but not the one an uninterrupted run would have been. The batch settings
+# count through what they make (ORDER); the world size and loader workers do not count.
+TRAJECTORY_SETTINGS = ("seed", "epochs", "steps_per_epoch", "image_size", "lr", "base_lr",
                        "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_steps", "label_smoothing",
                        "grad_clip", "precision", "decode", "weights", "weights_path", "backbone_lr_factor",
                        "freeze_backbone_epochs", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
@@ -148,14 +152,18 @@ def check_compatible(state: dict[str, Any], *, fingerprint: str, classes: list[s
                         "classes): use a new --out or the matching --data")
 
 
-def changed_settings(state: dict[str, Any], config: dict[str, Any], world_size: int) -> list[str]:
-    """The trajectory settings (and world size) that differ from the checkpoint's, as text."""
+ORDER = {GLOBAL_BATCH: "global batch", STREAMS: "streams", MICRO_BATCH: "micro-batch"}
+
+
+def changed_settings(state: dict[str, Any], config: dict[str, Any], order: dict[str, int]) -> list[str]:
+    """What differs from the checkpoint's run, as text: trajectory settings, and the global
+    batch, streams and micro-batch (``order``, keyed by :data:`ORDER`)."""
     old = state.get(CONFIG) or {}
     changed = [f"--{k.replace('_', '-')} {old[k]} -> {config[k]}" for k in TRAJECTORY_SETTINGS
                if k in old and k in config and old[k] != config[k]]
-    if state.get(WORLD_SIZE, world_size) != world_size:
-        changed.append(f"world size {state[WORLD_SIZE]} -> {world_size}")
-    return changed
+    if STREAMS not in state:
+        return changed + ["the sample order (the checkpoint predates canonical streams)"]
+    return changed + [f"{name} {state[key]} -> {order[key]}" for key, name in ORDER.items() if state[key] != order[key]]
 
 
 def rng_state() -> dict[str, Any]:

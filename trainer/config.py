@@ -40,10 +40,20 @@ class TrainConfig:
                                                "first N epochs (BatchNorm statistics still adapt)")
     image_size: int = setting(224, minimum=1, metavar="N", help="training crop / eval crop size")
     epochs: int = setting(10, minimum=1, metavar="N", help="epochs of --steps-per-epoch steps")
-    steps_per_epoch: int | None = setting(None, minimum=1, metavar="N", doc="train rows // (batch x ranks)",
+    steps_per_epoch: int | None = setting(None, minimum=1, metavar="N", doc="train rows // global batch",
                                           help="optimizer steps per epoch, identical on every rank")
     batch_size: int = setting(64, minimum=1, metavar="N",
-                              help="per rank; the global batch is this x the number of ranks")
+                              help="per rank and micro-batch; the global batch is this x --grad-accum x ranks")
+    global_batch_size: int | None = setting(None, minimum=1, metavar="N", doc="--batch-size x --grad-accum x ranks",
+                                            help="images per optimizer step over all ranks, instead of --batch-size: "
+                                                 "a rank's micro-batch is N / (ranks x --grad-accum)")
+    grad_accum: int = setting(1, minimum=1, metavar="K",
+                              help="micro-batches per optimizer step on each rank (gradients accumulated)")
+    streams: int | None = setting(None, minimum=1, metavar="C",
+                                  doc="the checkpoint's; else ranks x workers, as far as the global batch allows",
+                                  help="canonical train streams: the global sample order depends on these and the "
+                                       "global batch, not on the world size; a run resumes exactly on any world "
+                                       "size that divides C")
     lr: float | None = setting(None, above=0, metavar="LR", doc="--base-lr x global batch / 256",
                                help="peak learning rate (after warm-up), exactly; default: the linear scaling rule")
     base_lr: float | None = setting(None, above=0, metavar="LR", doc="0.1 (sgd), 0.001 (adamw)",
@@ -123,6 +133,15 @@ class TrainConfig:
                             f"backbone in (--epochs {self.epochs})")
         if self.decode == "gpu" and (self.auto_augment != "none" or self.random_erase):
             raise UserError("--auto-augment and --random-erase run in the loader workers: use --decode cpu")
+
+    def batches(self, world_size: int) -> tuple[int, int]:
+        """``(global batch, micro-batch per rank)`` on ``world_size`` ranks."""
+        if self.global_batch_size is None:
+            return self.batch_size * self.grad_accum * world_size, self.batch_size
+        if self.global_batch_size % (world_size * self.grad_accum):
+            raise UserError(f"--global-batch-size {self.global_batch_size} is not a multiple of {world_size} ranks x "
+                            f"--grad-accum {self.grad_accum}")
+        return self.global_batch_size, self.global_batch_size // (world_size * self.grad_accum)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,9 +7,10 @@ of area ``1 - lam`` instead and sets ``lam`` to the area actually kept. With bot
 alphas one of the two is picked per batch, with equal odds. The targets become class
 probabilities, which ``nn.CrossEntropyLoss`` (label smoothing included) takes as they are.
 
-Runs in the training process on the normalised batch. Its draws come from a generator
-keyed by (seed, rank, step), so there is no state to save: a resumed run mixes each
-step's batch exactly as an uninterrupted run would.
+Runs in the training process on each normalised micro-batch. Its draws come from a
+generator keyed by (seed, micro-batch index in the global batch, step), so there is no
+state to save: a resumed run, on any world size with the same micro-batch, mixes each
+step's micro-batches exactly as an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -27,15 +28,16 @@ class BatchMixing:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     seed: int = 0
-    rank: int = 0
 
     @property
     def active(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mixed images, target probabilities [B, classes])`` for the batch of optimizer step ``step``."""
-        rng = np.random.default_rng([self.seed, self.rank, step, 9])
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int,
+                 part: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mixed images, target probabilities [B, classes])`` for micro-batch ``part`` of the
+        global batch of optimizer step ``step``."""
+        rng = np.random.default_rng([self.seed, part, step, 9])
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or rng.random() < 0.5)
         lam = float(rng.beta(*(2 * [self.cutmix_alpha if use_cutmix else self.mixup_alpha])))
         rolled = images.roll(1, 0)

@@ -10,6 +10,7 @@ MLflow.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
 from data.gpu_prefetch import make_device_prefetcher
-from data.loader import ParquetSplit, model_input, worker_context
+from data.loader import ParquetSplit, check_streams, default_streams, model_input, worker_context
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -73,6 +74,9 @@ class Job:
     train: ParquetSplit
     val: ParquetSplit | None
     steps_per_epoch: int
+    global_batch: int         # images per optimizer step, all ranks (--global-batch-size)
+    micro_batch: int          # images per forward pass on a rank: global_batch / (ranks x --grad-accum)
+    streams: int              # canonical train streams (data.loader): the sample order with global_batch
     model: nn.Module          # what trains: the DDP-wrapped (and/or compiled) model_without_ddp
     model_without_ddp: nn.Module
     backbone: list[nn.Parameter]  # the pretrained parameters (--freeze-backbone-epochs); empty without weights
@@ -121,13 +125,13 @@ class Job:
         """The public :func:`data.make_train_loader` (``steps_per_epoch`` batches from step
         ``skip`` of ``epoch``) or :func:`data.make_eval_loader`, for this rank."""
         common = dict(workers=self.cfg.workers, pin_memory=self.dist.device.type == "cuda", rank=self.dist.rank,
-                      world_size=self.dist.world_size, batch_size=self.cfg.batch_size,
-                      image_size=self.cfg.image_size, decode=self.cfg.decode)
-        if train:
-            return make_train_loader(parquet, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
+                      world_size=self.dist.world_size, image_size=self.cfg.image_size, decode=self.cfg.decode)
+        if train:  # the rank's slice of each global batch, split into micro-batches by train_one_epoch
+            return make_train_loader(parquet, batch_size=self.global_batch // self.dist.world_size,
+                                     steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed, epoch=epoch,
                                      skip_batches=skip, auto_augment=self.cfg.auto_augment,
-                                     random_erase=self.cfg.random_erase, **common)
-        return make_eval_loader(parquet, **common)
+                                     random_erase=self.cfg.random_erase, streams=self.streams, **common)
+        return make_eval_loader(parquet, batch_size=self.micro_batch, **common)
 
     def inputs(self, images: torch.Tensor | JpegBatch, labels: torch.Tensor):
         x = model_input(images, self.cfg.image_size, self.dist.device, channels_last=self.channels_last)
@@ -144,6 +148,7 @@ class Job:
             ck.CONFIG: self.cfg.to_dict(), ck.RNG: ck.rng_state(), ck.MLFLOW_RUN_ID: self.tracker.run_id,
             ck.CLASSES: self.manifest.classes, ck.DATA_FINGERPRINT: self.manifest.fingerprint,
             ck.MODEL_NAME: self.cfg.model, ck.WORLD_SIZE: self.dist.world_size, ck.SKIPPED_STEPS: p.skipped_steps,
+            ck.GLOBAL_BATCH: self.global_batch, ck.STREAMS: self.streams, ck.MICRO_BATCH: self.micro_batch,
             **({ck.EMA: self.ema.state_dict(), ck.EMA_UPDATES: self.ema.updates} if self.ema is not None else {}),
         }
 
@@ -200,12 +205,8 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         t0 = time.perf_counter()
         x, y = next(batches)  # job.inputs, made ready one batch ahead (see fit)
         t1 = time.perf_counter()
-        if job.mixing is not None:
-            x, y = job.mixing(x, y, p.step)
-        with job.autocast():
-            loss = job.criterion(job.model(x), y)
         job.optimizer.zero_grad(set_to_none=True)
-        job.scaler.scale(loss).backward()
+        loss = micro_steps(job, x, y)
         if cfg.grad_clip:
             job.scaler.unscale_(job.optimizer)
             nn.utils.clip_grad_norm_(job.model_without_ddp.parameters(), cfg.grad_clip)
@@ -225,7 +226,7 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         window_wait += t1 - t0
         if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
             # The ranks' current losses, averaged (reading it syncs the device: only here).
-            ranks_loss = all_reduce_sum(torch.tensor([loss.detach().float().item(), 1.0], dtype=torch.float64))
+            ranks_loss = all_reduce_sum(torch.tensor([loss.float().item(), 1.0], dtype=torch.float64))
             elapsed = time.perf_counter() - window_start
             metrics = {"train_loss": float(ranks_loss[0] / ranks_loss[1]),
                        "lr": job.scheduler.get_last_lr()[0],
@@ -246,6 +247,26 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             window_start += time.perf_counter() - started  # the window's steps keep their time
         if cfg.ckpt_every and p.step % cfg.ckpt_every == 0:
             job.save(ck.LAST)
+
+
+def micro_steps(job: Job, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Forward and backward the rank's batch ``--grad-accum`` micro-batches at a time (DDP
+    reduces the gradients once, after the last); returns the batch's mean loss. Micro-batch
+    ``i`` of rank ``r`` is micro-batch ``r * grad_accum + i`` of the global batch, whatever
+    the world size: MixUp/CutMix are keyed by that index."""
+    accum, size = job.cfg.grad_accum, job.micro_batch
+    total = torch.zeros((), device=x.device)
+    for i in range(accum):
+        xi, yi = x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
+        if job.mixing is not None:
+            xi, yi = job.mixing(xi, yi, job.progress.step, job.dist.rank * accum + i)
+        sync = i == accum - 1 or not hasattr(job.model, "no_sync")
+        with contextlib.nullcontext() if sync else job.model.no_sync():
+            with job.autocast():
+                loss = job.criterion(job.model(xi), yi) / accum
+            job.scaler.scale(loss).backward()
+        total += loss.detach()
+    return total
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float,
@@ -298,12 +319,15 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     train = open_split(cfg.data, "train", manifest)
     val_split = manifest.splits.get("val")
     val = open_split(cfg.data, "val", manifest) if val_split and val_split.rows else None
-    steps_per_epoch = train_steps_per_epoch(train, cfg.batch_size, dist.world_size, cfg.steps_per_epoch)
+    global_batch, micro_batch = cfg.batches(dist.world_size)
+    steps_per_epoch = train_steps_per_epoch(train, global_batch // dist.world_size, dist.world_size,
+                                            cfg.steps_per_epoch)
     resume_path = ck.find_resume(cfg.out, cfg.resume)
     resumed = ck.load_checkpoint(resume_path) if resume_path else None
     if resumed is not None:
         ck.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
                             model_name=cfg.model, path=resume_path)
+    streams = train_streams(cfg, resumed, global_batch, dist.world_size)
 
     autocast_dtype = precision_dtype(cfg.precision, dist.device)
     if cfg.weights:
@@ -313,12 +337,13 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     model = to_device(model, dist.device)
     backbone = {name for name, _ in model.named_parameters() if name not in fresh}
     total_steps = cfg.epochs * steps_per_epoch
-    lr = peak_lr(cfg.lr, cfg.base_lr, cfg.optimizer, cfg.batch_size * dist.world_size)
+    lr = peak_lr(cfg.lr, cfg.base_lr, cfg.optimizer, global_batch)
     warmup_steps = warmup_length(cfg.warmup_steps, cfg.warmup_epochs, steps_per_epoch, total_steps)
     optimizer = build_optimizer(cfg, model, lr, backbone)
-    mixing = BatchMixing(manifest.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.seed, dist.rank)
+    mixing = BatchMixing(manifest.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.seed)
     job = Job(
         cfg=cfg, dist=dist, manifest=manifest, train=train, val=val, steps_per_epoch=steps_per_epoch,
+        global_batch=global_batch, micro_batch=micro_batch, streams=streams,
         model=wrap_model(model, dist, cfg.compile), model_without_ddp=model,
         backbone=[param for name, param in model.named_parameters() if name in backbone],
         ema=ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None,
@@ -330,19 +355,36 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
         beacon=beacon, watchdog=watchdog, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
     if resumed is not None:
         job.load_state(resumed)
-        changed = ck.changed_settings(resumed, cfg.to_dict(), dist.world_size)
+        changed = ck.changed_settings(resumed, cfg.to_dict(), {ck.GLOBAL_BATCH: global_batch, ck.STREAMS: streams,
+                                                               ck.MICRO_BATCH: micro_batch})
         if changed:
             print0(f"note: resuming with {', '.join(changed)}: training goes on, but not exactly as it "
                    "would have without the interruption")
+        elif resumed.get(ck.WORLD_SIZE) != dist.world_size:
+            print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ck.WORLD_SIZE)}): the same global "
+                   "batches; gradients are summed in another order, so the weights follow the uninterrupted run "
+                   "up to float rounding, not bit for bit")
         print0(f"resuming from {resume_path} at step {job.progress.step} (epoch {job.progress.epoch + 1}, "
                f"step {job.progress.step_in_epoch} of {steps_per_epoch})")
     return job
 
 
+def train_streams(cfg: TrainConfig, resumed: dict | None, global_batch: int, world_size: int) -> int:
+    """``--streams``; else the checkpoint's when it fits this world size and global batch
+    (so the run goes on in the same order); else :func:`data.loader.default_streams`."""
+    if cfg.streams is None and resumed is not None and resumed.get(ck.GLOBAL_BATCH) == global_batch \
+            and resumed[ck.STREAMS] % world_size == 0:
+        return resumed[ck.STREAMS]
+    streams = cfg.streams or default_streams(global_batch, world_size, cfg.workers)
+    check_streams(streams, global_batch, world_size)
+    return streams
+
+
 def fit(job: Job) -> dict:
     """Train to ``epochs * steps_per_epoch`` steps from wherever ``job.progress`` stands."""
     cfg, p = job.cfg, job.progress
-    job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size,
+    job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size, "global_batch": job.global_batch,
+                            "micro_batch": job.micro_batch, "effective_streams": job.streams,
                             "steps_per_epoch": job.steps_per_epoch, "num_classes": job.manifest.num_classes,
                             "data_fingerprint": job.manifest.fingerprint, "effective_lr": job.lr,
                             "effective_warmup_steps": job.warmup_steps,
@@ -350,9 +392,10 @@ def fit(job: Job) -> dict:
     job.tracker.log_dict(job.manifest.classes, "classes.json")
     job.tracker.log_dict(cfg.to_dict(), "config.json")
     print0(f"training {cfg.model} on {job.train.rows} images, {job.manifest.num_classes} classes: "
-           f"{job.dist.world_size} rank(s) x batch {cfg.batch_size}, {cfg.epochs} epochs x "
-           f"{job.steps_per_epoch} steps, device {job.dist.device.type}, {precision_name(job.autocast_dtype)}")
-    global_batch = cfg.batch_size * job.dist.world_size
+           f"global batch {job.global_batch} ({job.dist.world_size} rank(s) x {cfg.grad_accum} x micro-batch "
+           f"{job.micro_batch}) from {job.streams} streams, {cfg.epochs} epochs x {job.steps_per_epoch} steps, "
+           f"device {job.dist.device.type}, {precision_name(job.autocast_dtype)}")
+    global_batch = job.global_batch
     rule = "--lr" if cfg.lr is not None else (f"{cfg.base_lr or BASE_LR[cfg.optimizer]:g} per 256 images x "
                                              f"global batch {global_batch} / 256")
     print0(f"{cfg.optimizer} LR {job.lr:.4g} ({rule}), linear warm-up over {job.warmup_steps} steps, "

@@ -1,7 +1,8 @@
 """How a split is cut into Parquet files and row groups, and what was really written.
 
-Petastorm shards a data set by row group: with R ranks x W loader workers each reader
-needs several row groups of its own, and a whole row group sits in a worker's memory.
+Petastorm shards a data set by row group: each train stream (by default one per rank x
+loader worker, see data.loader) needs several row groups of its own, and a whole row
+group per stream sits in a worker's memory.
 So row groups are kept small (at most 8 MiB by default, and smaller for small splits:
 about ``TARGET_ROW_GROUPS`` per split, never under 1 MiB) and files moderate
 (at most ~128 MiB each, so many row groups per file). Sizes are estimated from the
