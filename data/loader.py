@@ -45,18 +45,22 @@ re-run the caller's script, so a script without an ``if __name__ == "__main__":`
 works as it did with fork.
 
 Memory. A worker holds, beyond its fixed cost (code and imports, mostly pages shared with
-the fork server): the row group it is reading, twice (Petastorm's Arrow table and its rows
-as Python bytes), the shuffle buffer (at most ``shuffle_rows`` plus one row group's rows,
-as encoded JPEG bytes) and ``PREFETCH`` decoded batches waiting for the rank. With ``G``
+the fork server), for each stream it reads (train: the canonical streams it owns; eval: its
+one shard): the row group it is reading, twice (Petastorm's Arrow table and its rows as
+Python bytes) and the shuffle buffer (at most ``S`` plus one row group's rows, as encoded
+JPEG bytes); and ``PREFETCH`` decoded parts of batches waiting for the rank. With ``G``
 the largest row group's bytes, ``g`` its rows, ``r`` the largest encoded image, ``S``
-``shuffle_rows`` (``DEFAULT_SHUFFLE_ROWS`` unless given, at least the batch size), ``B``
-the batch size and ``s`` the output side, a rank's loader holds at most::
+``shuffle_rows`` (``DEFAULT_SHUFFLE_ROWS`` unless given, at least a stream's rows per
+step; eval: the batch size), ``B`` the rank's batch and ``s`` the output side, a rank's
+loader holds at most::
 
-    workers x (2 x G + (S + g) x r + PREFETCH x B x 3 x s x s)
+    streams x (2 x G + (S + g) x r) + workers x PREFETCH x B x 3 x s x s
 
-whatever the split's length or the number of passes (``tests/test_loader_memory.py``
-checks one worker against it, with 4 MiB of allocator slack, and that a worker keeping
-what it read would break it). From S3, add s3fs's read-ahead (``data.object_store``).
+with ``streams`` = ``C / world_size`` for train (one per worker by default) and
+``workers`` for eval, whatever the split's length or the number of passes
+(``tests/test_loader_memory.py`` checks one worker with one stream against it, with
+4 MiB of allocator slack, and that a worker keeping what it read would break it). A run
+resumed on fewer ranks owns more streams per rank, and holds more. From S3, add s3fs's read-ahead (``data.object_store``).
 
 Batches are ``(images, labels)``: ``images`` uint8 ``[B, 3, H, W]`` (channels_last
 strides), ``labels`` int64 ``[B]``. Call :func:`normalize` on the device. With
