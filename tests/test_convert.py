@@ -349,3 +349,31 @@ def test_cli_converts_with_the_active_session(spark, images, tmp_path, capsys):
     assert spark.conf.get("spark.sql.shuffle.partitions") == before, "the session is left as it was"
     manifest = Manifest.load(out)
     assert manifest.splits["train"].files == 2 and manifest.options["files_per_split"] == 2
+
+
+def test_file_writer_cuts_row_groups_by_size_and_refuses_changed_files(tmp_path):
+    """A row group ends with the image that brings it to ``row_group_bytes``; a re-encoded
+    image comes from the decode pass's folder; a file that changed since its check stops the write."""
+    from data.convert.rows import converted_file
+    from data.convert.writer import FileTask, write_file
+
+    root, done = tmp_path / "images", tmp_path / "converted"
+    (root / "a").mkdir(parents=True)
+    done.mkdir()
+    rows = []
+    for i in range(5):
+        (root / "a" / f"{i}.jpg").write_bytes(bytes([i]) * 100)
+        rows.append((f"a/{i}.jpg", 0, 8, 6, 100, False))
+    with open(converted_file(str(done), "a/0.jpg"), "wb") as f:
+        f.write(b"x" * 100)
+    rows[0] = ("a/0.jpg", 0, 8, 6, 100, True)
+    out = str(tmp_path / "train" / "part-00000.parquet")
+    assert write_file(FileTask(out, 250, str(root), str(done), rows)) == 5
+    meta = pq.ParquetFile(out).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 2]
+    table = pq.read_table(out)
+    assert table.column_names == list(OUTPUT_COLUMNS)
+    assert table.column("image").to_pylist()[:2] == [b"x" * 100, b"\x01" * 100]
+    (root / "a" / "3.jpg").write_bytes(b"changed")
+    with pytest.raises(RuntimeError, match="a/3.jpg changed"):
+        write_file(FileTask(out, 250, str(root), str(done), rows))
