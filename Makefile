@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m launch.demo --out $(DEMO)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
