@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from data.convert.layouts import IMAGE_EXTENSIONS, SPARK_HIDDEN
+from data.convert.layouts import IMAGE_EXTENSIONS, image_files
 from data.convert.staging import check_out, staged_folder
 from data.errors import UserError, cli
 from data.settings import build_parser as settings_parser
@@ -135,19 +135,6 @@ def is_converted_split(folder: str) -> bool:
     return bool(glob.glob(os.path.join(folder, "*.parquet")))
 
 
-def list_images(root: str) -> list[str]:
-    """Image files under ``root`` (relative, ``/``-separated, sorted): image extensions, no
-    hidden names; unreadable ones included (they become error rows)."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(SPARK_HIDDEN))
-        rel = os.path.relpath(folder, root)
-        for name in files:
-            if not name.startswith(SPARK_HIDDEN) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}")
-    return sorted(found)
-
-
 def input_frame(spark, source: str, partitions: int):
     """``(DataFrame, rows, classes of the data set or None)`` for an image folder or a converted split."""
     if is_converted_split(source):
@@ -160,7 +147,7 @@ def input_frame(spark, source: str, partitions: int):
         if frame.rdd.getNumPartitions() < partitions:
             frame = frame.repartition(min(partitions, max(rows, 1)))
         return frame, rows, classes
-    paths = list_images(source)
+    paths = image_files(source)  # unreadable ones included: they become error rows
     if not paths:
         raise UserError(f"--input {source}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     rdd = spark.sparkContext.parallelize([(p,) for p in paths], min(partitions, len(paths)))

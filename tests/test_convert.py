@@ -13,14 +13,12 @@ import pytest
 from PIL import Image
 
 from data.convert import convert
-from data.convert.conversion import RUNTIME_CONF
+from data.convert import job
 from data.convert.job import OUTPUT_COLUMNS
-from data.convert.layouts import image_glob
 from data.convert.row_groups import parquet_files
 from data.convert.splits import assign, split_counts, split_key
 from data.errors import UserError
 from data.manifest import Manifest
-from data.spark import runtime_conf
 from data.synthetic import generate
 from tests.procs import ROOT
 from tests.sample_images import encode, noise, png_header_only
@@ -42,13 +40,6 @@ def read_split(out: str, split: str) -> dict[str, list]:
 def file_bytes(out: str, split: str) -> list[bytes]:
     """The Parquet files of a split, byte for byte, in name order."""
     return [open(f, "rb").read() for f in parquet_files(os.path.join(out, split))]
-
-
-def read_partitions(spark, images: str, conf: dict[str, str]) -> int:
-    """How many partitions the conversion's binaryFile read gets under ``conf``."""
-    with runtime_conf(spark, conf):
-        return (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-                .option("pathGlobFilter", image_glob()).load(images).rdd.getNumPartitions())
 
 
 def open_jpeg(data: bytes) -> Image.Image:
@@ -114,10 +105,16 @@ def test_splits_are_stratified_by_the_rounding_rule(converted):
         assert tuple(len(members[s]) for s in ("train", "val", "test")) == split_counts(len(everything), SPLIT)
 
 
-def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, converted, images, tmp_path):
+def test_decode_tasks_are_few_and_large():
+    assert job.decode_tasks(3000, 2) == 4  # 2 per core
+    assert job.decode_tasks(101_000, 2) == 51  # at most 2,000 files a task
+    assert job.decode_tasks(3, 16) == 3 and job.decode_tasks(0, 2) == 1
+
+
+def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, converted, images, tmp_path,
+                                                                     monkeypatch):
     out, manifest = converted
-    small = {"spark.sql.files.maxPartitionBytes": "8000", "spark.sql.files.openCostInBytes": "1"}
-    assert read_partitions(spark, images, {**RUNTIME_CONF, **small}) >= 3 * read_partitions(spark, images, RUNTIME_CONF)
+    small = {"spark.sql.shuffle.partitions": "3"}
     again = str(tmp_path / "again")
     everything = convert(images, again, spark=spark, split=(1, 0, 0), seed=SEED + 1, progress=False,
                          files_per_split=3)
@@ -132,9 +129,10 @@ def test_same_splits_on_rerun_with_other_partitioning_and_overwrite(spark, conve
     other_seed = read_split(again, "train")["path"]
     with pytest.raises(UserError, match="not empty"):
         convert(images, again, spark=spark, split=SPLIT, seed=SEED, progress=False)
+    monkeypatch.setattr(job, "FILES_PER_TASK", 2)  # 11 decode tasks instead of 4
     second = convert(images, again, spark=spark, split=SPLIT, seed=SEED, progress=False,
                      overwrite=True, spark_conf=small)
-    assert spark.conf.get("spark.sql.files.maxPartitionBytes") != "8000", "runtime settings restored"
+    assert spark.conf.get("spark.sql.shuffle.partitions") != "3", "runtime settings restored"
     assert second.fingerprint == manifest.fingerprint
     for split in manifest.splits:
         assert read_split(again, split) == read_split(out, split)
@@ -377,3 +375,18 @@ def test_file_writer_cuts_row_groups_by_size_and_refuses_changed_files(tmp_path)
     (root / "a" / "3.jpg").write_bytes(b"changed")
     with pytest.raises(RuntimeError, match="a/3.jpg changed"):
         write_file(FileTask(out, 250, str(root), str(done), rows))
+
+
+def test_write_shares_balance_image_bytes_and_keep_output_order():
+    from data.convert.writer import FileTask
+
+    def task(name: str, sizes: list[int]) -> FileTask:
+        return FileTask(name, 1, "root", "done", [(f"{name}/{i}", 0, 1, 1, n, False) for i, n in enumerate(sizes)])
+
+    tasks = [task("train0", [50, 50]), task("train1", [50, 50]), task("val", [60]), task("test", [30])]
+    shares = job.balance(tasks, 2)
+    assert sorted(t.path for s in shares for t in s) == sorted(t.path for t in tasks)
+    loads = [sum(r[4] for t in s for r in t.rows) for s in shares]
+    assert sorted(loads) == [130, 160]  # train0 | train1, then val to one and test to the other
+    assert all([tasks.index(t) for t in s] == sorted(tasks.index(t) for t in s) for s in shares)
+    assert [[t.path for t in s] for s in job.balance(tasks[:1], 8)] == [["train0"]]

@@ -1,6 +1,6 @@
 """Images -> Parquet splits with Spark: ``python -m data.convert`` or ``from data.convert import convert``.
 
-Spark's ``binaryFile`` source reads every file; the Python workers decode and check it
+The driver lists the files; Spark's Python workers read, decode and check each one
 (:mod:`~data.convert.images`, :mod:`~data.convert.rows`), the job splits each class by
 a hash of the relative path (:mod:`~data.convert.splits`) and writes
 ``<out>/{train,val,test}/`` Parquet (columns image, label, path, width, height) in

@@ -19,19 +19,7 @@ from data.convert.staging import check_out, staged_folder
 from data.errors import storage_errors
 from data.manifest import REJECTED_CSV, Manifest
 from data.settings import check_settings, setting
-from data.spark import ARROW_BATCH_CONF, parse_conf, spark_session
-
-RUNTIME_CONF = {
-    **ARROW_BATCH_CONF,
-    # Spark counts 4 MiB per file opened, which packs only ~30 images into a read task and
-    # makes per-task overhead cost more than decoding; a photo is not that costly to open.
-    "spark.sql.files.openCostInBytes": str(256 * 1024),
-    # ~200 images of 50 KB per read task: several tasks per core, for balance.
-    "spark.sql.files.maxPartitionBytes": str(64 * 1024 * 1024),
-    # The per-file metadata comes to the driver as Arrow, not as pickled rows.
-    "spark.sql.execution.arrow.pyspark.enabled": "true",
-}
-
+from data.spark import parse_conf, spark_session
 
 @dataclass
 class ConvertOptions:
@@ -95,7 +83,7 @@ def run(opts: ConvertOptions, spark=None) -> Manifest:
                "split": list(fractions), "seed": opts.seed, "quality": opts.quality, "max_side": opts.max_side,
                "files_per_split": opts.files_per_split, "row_group_mb": opts.row_group_mb}
     with storage_errors(f"writing {out} failed", "nothing was published"), \
-            spark_session(spark, master=opts.master, conf={**RUNTIME_CONF, **opts.spark_conf}) as session, \
+            spark_session(spark, master=opts.master, conf=opts.spark_conf) as session, \
             staged_folder(out, opts.overwrite) as tmp:
         started = time.monotonic()
         manifest = job.run(session, lay, tmp, fractions, options, opts.progress)
@@ -120,6 +108,6 @@ def summary(manifest: Manifest, out: str) -> str:
         f"({manifest.stats.get('images_per_s', 0):.0f} images/s)",
     ]
     if manifest.stats.get("ignored_folders"):
-        lines.append("  warning: Spark does not read folders starting with '_': "
+        lines.append("  warning: folders starting with '_' are not read (Spark's rule): "
                      + ", ".join(manifest.stats["ignored_folders"]))
     return "\n".join(lines)

@@ -63,19 +63,30 @@ class Layout:
         except OSError:
             return []
 
-    def empty_files(self) -> list[str]:
-        """Relative paths of zero-byte data set images. Spark's file sources drop empty
-        files without a word, so they are found here (local roots) to be rejected."""
-        found = []
-        for folder, dirs, files in os.walk(self.root):
-            dirs[:] = [d for d in dirs if not d.startswith(SPARK_HIDDEN)]
-            for name in files:
-                path = os.path.join(folder, name)
-                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-                if (not name.startswith(SPARK_HIDDEN) and self.locate(rel) is not None
-                        and os.path.getsize(path) == 0):
-                    found.append(rel)
-        return sorted(found)
+    def listing(self) -> tuple[list[str], list[str]]:
+        """The files the conversion reads (:func:`image_files`) and, apart, its zero-byte
+        data set images (rejected without a read); relative paths, sorted."""
+        files, empty = [], []
+        for rel in image_files(self.root):
+            if os.path.getsize(os.path.join(self.root, rel)):
+                files.append(rel)
+            elif self.locate(rel) is not None:
+                empty.append(rel)
+        return files, empty
+
+
+def image_files(root: str) -> list[str]:
+    """Image files under ``root`` (relative, ``/``-separated, sorted): image extensions in
+    any case; nothing whose name, or a folder's on the way, starts with ``.`` or ``_``
+    (Spark's rule for hidden files, kept so a data set converts as it always did)."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(SPARK_HIDDEN)]
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        for name in names:
+            if not name.startswith(SPARK_HIDDEN) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(name if rel == "." else f"{rel}/{name}")
+    return sorted(found)
 
 
 def image_glob() -> str:
