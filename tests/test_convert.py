@@ -390,3 +390,11 @@ def test_write_shares_balance_image_bytes_and_keep_output_order():
     assert sorted(loads) == [130, 160]  # train0 | train1, then val to one and test to the other
     assert all([tasks.index(t) for t in s] == sorted(tasks.index(t) for t in s) for s in shares)
     assert [[t.path for t in s] for s in job.balance(tasks[:1], 8)] == [["train0"]]
+
+
+def test_the_local_driver_jvm_runs_lean(spark):
+    """data.spark.LOCAL_JVM_OPTIONS reach the driver JVM that the test session started."""
+    from data.spark import LOCAL_JVM_OPTIONS
+
+    args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert set(LOCAL_JVM_OPTIONS.split()) <= set(args)
