@@ -4,15 +4,20 @@ Real trainer process, real MLflow sqlite store and registry.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.procs import TIMEOUT_S, ok, run
+from tests.s3_server import free_port
 
 # Run in a new interpreter: only the model URI and the store travel there.
 LOAD_AND_PREDICT = """
@@ -31,7 +36,19 @@ def fresh_env(summary: dict) -> dict:
     return {**os.environ, "MLFLOW_TRACKING_URI": summary["mlflow_tracking_uri"], "OMP_NUM_THREADS": "1"}
 
 
-def test_model_by_run_uri_in_a_new_process_predicts_as_evaluate_scores(trained_run):
+@pytest.fixture(scope="module")
+def loaded(trained_run) -> dict:
+    """The model loaded by its run URI in a new process: its predictions for the test split's
+    images and one broken image."""
+    data, _, summary = trained_run
+    proc = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, summary["mlflow_model_uri"],
+                           os.path.join(data, "test")],
+                          cwd="/", env=fresh_env(summary), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_model_by_run_uri_in_a_new_process_predicts_as_evaluate_scores(trained_run, loaded):
     data, out, summary = trained_run
     assert summary["mlflow_model_uri"] == f"runs:/{summary['mlflow_run_id']}/model"
     best = os.path.join(out, "checkpoints", "best.pt")
@@ -42,12 +59,8 @@ def test_model_by_run_uri_in_a_new_process_predicts_as_evaluate_scores(trained_r
         evaluated = json.load(f)
 
     test_split = os.path.join(data, "test")
-    loaded = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, summary["mlflow_model_uri"], test_split],
-                            cwd="/", env=fresh_env(summary), capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert loaded.returncode == 0, loaded.stderr[-4000:]
-    result = json.loads(loaded.stdout.strip().splitlines()[-1])
-    assert result["signature"] == ["image"]
-    *rows, broken = result["rows"]
+    assert loaded["signature"] == ["image"]
+    *rows, broken = loaded["rows"]
     assert broken["prediction"] is None and broken["error"]  # a bad image is a row with its reason
 
     labels = pq.read_table(test_split, columns=["label"]).column("label").to_pylist()
@@ -78,3 +91,47 @@ def test_model_is_registered_and_evaluation_is_logged_into_the_run(trained_run):
     assert found.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "evaluation")}
     assert {"evaluation/val.json", "evaluation/best_val_confusion.png"} <= logged
+
+
+def test_the_readme_serve_command_answers_as_the_loaded_model(trained_run, loaded):
+    """README's `mlflow models serve ... --env-manager local` and its curl request (images
+    base64-encoded in a `dataframe_split`): the same rows as the model loaded by URI."""
+    data, _, summary = trained_run
+    port = free_port()
+    venv_bin = os.path.dirname(sys.executable)  # as with the venv activated: mlflow starts its uvicorn from PATH
+    env = {**fresh_env(summary), "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", summary["mlflow_model_uri"], "--env-manager",
+                               "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            assert server.poll() is None, server.stdout.read()[-4000:]
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+                time.sleep(1)
+        images = pq.read_table(os.path.join(data, "test"), columns=["image"]).column("image").to_pylist()
+        images.append(b"not an image")
+        body = {"dataframe_split": {"columns": ["image"],
+                                    "data": [[base64.b64encode(b).decode("ascii")] for b in images]}}
+        request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    assert len(served) == len(loaded["rows"])
+    for got, want in zip(served, loaded["rows"]):
+        assert (got["prediction"], got["top5_classes"], bool(got["error"])) == \
+            (want["prediction"], want["top5_classes"], bool(want["error"]))
+        if not want["error"]:
+            assert got["probability"] == pytest.approx(want["probability"], abs=1e-6)
