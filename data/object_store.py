@@ -76,15 +76,22 @@ def petastorm_filesystem(url: str, settings: dict[str, str] | None = None):
     """
     if not is_s3(url):
         return None
-    import s3fs
-
-    env = s3_settings(url) if settings is None else settings
-    client = {k: env[v] for k, v in (("endpoint_url", ENDPOINT_ENV), ("region_name", "AWS_DEFAULT_REGION")) if v in env}
-    fs = s3fs.S3FileSystem(key=env.get("AWS_ACCESS_KEY_ID"), secret=env.get("AWS_SECRET_ACCESS_KEY"),
-                           token=env.get("AWS_SESSION_TOKEN"), client_kwargs=client, default_block_size=READ_AHEAD)
+    fs = s3fs_filesystem(s3_settings(url) if settings is None else settings)
     with warnings.catch_warnings():  # "S3FSWrapper is deprecated": nothing a user can act on
         warnings.simplefilter("ignore", FutureWarning)
         return _LegacyS3(fs)
+
+
+def s3fs_filesystem(settings: dict[str, str]):
+    """s3fs with the AWS variables ``settings`` (:func:`s3_settings`) handed over explicitly
+    (a process started earlier, a loader worker or a Spark Python worker, may not have them)."""
+    import s3fs
+
+    client = {k: settings[v] for k, v in (("endpoint_url", ENDPOINT_ENV), ("region_name", "AWS_DEFAULT_REGION"))
+              if v in settings}
+    return s3fs.S3FileSystem(key=settings.get("AWS_ACCESS_KEY_ID"), secret=settings.get("AWS_SECRET_ACCESS_KEY"),
+                             token=settings.get("AWS_SESSION_TOKEN"), client_kwargs=client,
+                             default_block_size=READ_AHEAD)
 
 
 class _LegacyS3(S3FSWrapper):

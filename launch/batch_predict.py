@@ -4,7 +4,8 @@
 local model folder) or a checkpoint file; ``--input`` an image folder (any tree; a first
 folder level named like one of the model's classes is taken as the true class) or a
 split folder written by ``data.convert`` (``dataset/test``: true classes from its
-manifest). The output is Parquet, one row per input image, a bad image included:
+manifest), on a shared disk or in an S3-compatible object store (``s3://bucket/dataset/test``,
+``s3a://`` alike: the tasks read its row groups with s3fs, with the driver's AWS variables). The output is Parquet, one row per input image, a bad image included:
 ``path, label, true_class, prediction, probability, top5_classes, top5_probabilities,
 error`` (rows in = rows out, checked), written through a temporary folder and renamed.
 
@@ -32,6 +33,7 @@ from typing import Iterator
 from data.convert.layouts import IMAGE_EXTENSIONS, image_files
 from data.convert.staging import check_out, staged_folder
 from data.errors import UserError, cli
+from data.object_store import is_s3
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
 from data.spark import parse_conf, runtime_conf, spark_session
@@ -47,7 +49,8 @@ OUTPUT_SCHEMA = ("path string, label long, true_class string, prediction string,
 class PredictOptions:
     model: str = setting(metavar="URI|FILE", help="MLflow model URI (runs:/ID/model, models:/NAME/VERSION, a model "
                                                   "folder) or a checkpoint file written by trainer.train")
-    input: str = setting(metavar="DIR", help="image folder, or a split folder written by data.convert")
+    input: str = setting(metavar="DIR|URL", help="image folder, or a split folder written by data.convert "
+                                                 "(local, or s3://bucket/dataset/test)")
     out: str = setting(metavar="DIR", help="Parquet folder to create")
     master: str = setting("local[*]", metavar="URL", help="Spark master; the same command runs on a cluster")
     batch_size: int = setting(64, minimum=1, metavar="N", help="images per batch inside a task")
@@ -147,11 +150,46 @@ def input_frame(spark, source: str, partitions: int):
         if frame.rdd.getNumPartitions() < partitions:
             frame = frame.repartition(min(partitions, max(rows, 1)))
         return frame, rows, classes
+    if is_s3(source):
+        return _object_store_split(spark, source, partitions)
     paths = image_files(source)  # unreadable ones included: they become error rows
     if not paths:
         raise UserError(f"--input {source}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     rdd = spark.sparkContext.parallelize([(p,) for p in paths], min(partitions, len(paths)))
     return spark.createDataFrame(rdd, "path string"), len(paths), None
+
+
+def _object_store_split(spark, url: str, partitions: int):
+    """``input_frame`` for a converted split in an object store: one task input per row group."""
+    import pyarrow.dataset as ds
+
+    from data.loader import inspect_split
+    from data.manifest import Manifest
+    from data.object_store import arrow_url, s3_settings
+
+    manifest = Manifest.load(url.rstrip("/").rsplit("/", 1)[0])
+    split = inspect_split(url, manifest.num_classes)  # one line naming the URL if it cannot be read
+    groups = [(f.path, i) for f in ds.dataset(arrow_url(url), format="parquet").get_fragments()
+              for i in range(f.metadata.num_row_groups)]
+    tasks = spark.sparkContext.parallelize(groups, max(1, min(partitions, len(groups))))
+    read = functools.partial(read_row_groups, storage=s3_settings(url))
+    frame = spark.createDataFrame(tasks, "file string, row_group int").mapInPandas(
+        read, "path string, image binary, label long")
+    return frame, split.rows, manifest.classes
+
+
+def read_row_groups(parts: Iterator, *, storage: dict[str, str]) -> Iterator:
+    """The ``mapInPandas`` function over ``(file, row_group)`` of a split in an object store:
+    each row group's ``path, image, label`` rows (at most one row group held)."""
+    import pyarrow.parquet as pq
+
+    from data.object_store import s3fs_filesystem
+
+    fs = s3fs_filesystem(storage)
+    for part in parts:
+        for file, group in zip(part["file"], part["row_group"]):
+            with fs.open(file, "rb") as f:
+                yield pq.ParquetFile(f).read_row_group(int(group), columns=["path", "image", "label"]).to_pandas()
 
 
 # --- the job ------------------------------------------------------------------------------
@@ -162,19 +200,20 @@ def predict(spark, model: str, input: str, out: str, *, batch_size: int = 64, pa
     Returns the summary (images, errors, images/s, accuracy when true classes are known)."""
     import torch
 
-    if not os.path.isdir(input):
+    if not is_s3(input) and not os.path.isdir(input):
         raise UserError(f"--input {input} is not a folder")
-    source, out = os.path.abspath(input), check_out(out, overwrite, input, marker=SUMMARY)
+    source = input if is_s3(input) else os.path.abspath(input)
+    out = check_out(out, overwrite, input, marker=SUMMARY)
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
+    partitions = partitions or 2 * spark.sparkContext.defaultParallelism
+    started = time.perf_counter()
+    frame, rows_in, classes = input_frame(spark, source, partitions)  # a bad input fails before the model loads
     state = model_state(model)
     buf = io.BytesIO()
     torch.save(state, buf)
     weights = spark.sparkContext.broadcast(buf.getvalue())
-    partitions = partitions or 2 * spark.sparkContext.defaultParallelism
-    started = time.perf_counter()
     try:
-        frame, rows_in, classes = input_frame(spark, source, partitions)
         score = functools.partial(score_batches, weights=weights, root=source, classes=classes, chunk=batch_size)
         with staged_folder(out, overwrite, marker=SUMMARY) as tmp, \
                 runtime_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}):

@@ -110,5 +110,6 @@ def test_converted_split_by_mlflow_uri_knows_the_true_classes(spark, trained_run
 
 def test_unknown_model_is_one_plain_error(spark, tmp_path):
     os.makedirs(tmp_path / "images")
+    (tmp_path / "images" / "a.jpg").write_bytes(b"x")  # the input is checked first: it must be usable
     with pytest.raises(UserError, match="no such checkpoint file or MLflow model"):
         batch_predict.predict(spark, str(tmp_path / "nope.pt"), str(tmp_path / "images"), str(tmp_path / "out"))

@@ -56,12 +56,17 @@ def test_object_store_errors_are_one_line_naming_the_url(case, s3_data, aws, tmp
            "missing prefix": f"{s3_data[0]}-nope"}[case]
     if case == "wrong credentials":
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(SystemExit) as exc:
-        cli(train_main)(["--data", url, "--out", str(tmp_path), *TRAIN_SMALL])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(lines) == 1 and url in lines[0], lines
-    assert {"wrong credentials": "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            "missing bucket": f"no bucket '{BUCKET}-nope'", "missing prefix": "data folder not found"}[case] in lines[0]
+    from launch.batch_predict import main as predict_main
+
+    expected = {"wrong credentials": "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                "missing bucket": f"no bucket '{BUCKET}-nope'", "missing prefix": "data folder not found"}[case]
+    for command, args in ((train_main, ["--data", url, "--out", str(tmp_path / "run"), *TRAIN_SMALL]),
+                          (predict_main, ["--model", "unused.pt", "--input", f"{url}/val", "--out", str(tmp_path / "p")])):
+        with pytest.raises(SystemExit) as exc:
+            cli(command)(args)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(lines) == 1 and url in lines[0], lines
+        assert expected in lines[0], lines
 
 
 def test_bench_reads_from_s3(s3_data, aws, tmp_path):
@@ -71,3 +76,25 @@ def test_bench_reads_from_s3(s3_data, aws, tmp_path):
                                 "--out-json", str(tmp_path / "out.json"), "--seconds", "0.3", "--rounds", "1",
                                 "--batch-size", "4", "--image-size", "16", "--workers", "1"]))
     assert res["paths"]["project"]["images_per_s"] > 0
+
+
+def test_batch_prediction_reads_a_split_from_s3_as_from_disk(s3_data, seven_groups, aws, spark, trained_run,
+                                                              tmp_path):
+    """The S3 split's rows scored on Spark equal the same split's from the local folder."""
+    import pyarrow.parquet as pq
+
+    from launch import batch_predict
+
+    checkpoint = os.path.join(trained_run[1], "checkpoints", "best.pt")
+    url, manifest = s3_data
+    local, remote = str(tmp_path / "local"), str(tmp_path / "remote")
+    batch_predict.predict(spark, checkpoint, os.path.join(seven_groups[0], "val"), local, batch_size=4)
+    result = batch_predict.predict(spark, checkpoint, url.replace("s3://", "s3a://") + "/val", remote, batch_size=4)
+    assert result["images"] == manifest.splits["val"].rows and result["errors"] == 0
+    assert result["input"].startswith("s3a://") and result["labelled"] == result["images"]
+    rows = {name: sorted(pq.read_table(d).to_pylist(), key=lambda r: r["path"]) for name, d in
+            (("local", local), ("remote", remote))}
+    assert [(r["path"], r["true_class"], r["prediction"], r["top5_classes"]) for r in rows["remote"]] == \
+        [(r["path"], r["true_class"], r["prediction"], r["top5_classes"]) for r in rows["local"]]
+    for a, b in zip(rows["remote"], rows["local"]):
+        assert a["top5_probabilities"] == pytest.approx(b["top5_probabilities"], abs=1e-6)
