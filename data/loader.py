@@ -159,6 +159,7 @@ class ParquetSplit:
     url: str
     rows: int
     row_groups: int
+    files: tuple[tuple[str, int], ...] = ()  # (file as pyarrow names it, its row groups), in listing order
 
 
 def inspect_split(url: str, num_classes: int) -> ParquetSplit:
@@ -171,8 +172,7 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
         missing = [c for c in ("image", "label") if c not in dataset.schema.names]
         if missing:
             raise UserError(f"{url} has no column(s) {', '.join(missing)}: was it written by data.convert?")
-        fragments = list(dataset.get_fragments())
-        row_groups = sum(f.metadata.num_row_groups for f in fragments)
+        files = tuple((f.path, f.metadata.num_row_groups) for f in dataset.get_fragments())
         labels = dataset.to_table(columns=["label"]).column("label")
     except UserError:
         raise
@@ -183,7 +183,7 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
         lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
         if lo is None or lo < 0 or hi >= num_classes:
             raise UserError(f"{url} has labels in [{lo}, {hi}] but the manifest has {num_classes} classes")
-    return ParquetSplit(url, rows, row_groups)
+    return ParquetSplit(url, rows, sum(n for _, n in files), files)
 
 
 def _worker() -> tuple[int, int]:

@@ -5,7 +5,8 @@ local model folder) or a checkpoint file; ``--input`` an image folder (any tree;
 folder level named like one of the model's classes is taken as the true class) or a
 split folder written by ``data.convert`` (``dataset/test``: true classes from its
 manifest), on a shared disk or in an S3-compatible object store (``s3://bucket/dataset/test``,
-``s3a://`` alike: the tasks read its row groups with s3fs, with the driver's AWS variables). The output is Parquet, one row per input image, a bad image included:
+``s3a://`` alike: the tasks read its row groups with s3fs, with the driver's AWS
+variables). The output is Parquet, one row per input image, a bad image included:
 ``path, label, true_class, prediction, probability, top5_classes, top5_probabilities,
 error`` (rows in = rows out, checked), written through a temporary folder and renamed.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 import glob
 import io
+import itertools
 import json
 import os
 import sys
@@ -161,16 +163,13 @@ def input_frame(spark, source: str, partitions: int):
 
 def _object_store_split(spark, url: str, partitions: int):
     """``input_frame`` for a converted split in an object store: one task input per row group."""
-    import pyarrow.dataset as ds
-
     from data.loader import inspect_split
     from data.manifest import Manifest
-    from data.object_store import arrow_url, s3_settings
+    from data.object_store import s3_settings
 
     manifest = Manifest.load(url.rstrip("/").rsplit("/", 1)[0])
     split = inspect_split(url, manifest.num_classes)  # one line naming the URL if it cannot be read
-    groups = [(f.path, i) for f in ds.dataset(arrow_url(url), format="parquet").get_fragments()
-              for i in range(f.metadata.num_row_groups)]
+    groups = [(file, i) for file, n in split.files for i in range(n)]
     tasks = spark.sparkContext.parallelize(groups, max(1, min(partitions, len(groups))))
     read = functools.partial(read_row_groups, storage=s3_settings(url))
     frame = spark.createDataFrame(tasks, "file string, row_group int").mapInPandas(
@@ -187,9 +186,11 @@ def read_row_groups(parts: Iterator, *, storage: dict[str, str]) -> Iterator:
 
     fs = s3fs_filesystem(storage)
     for part in parts:
-        for file, group in zip(part["file"], part["row_group"]):
-            with fs.open(file, "rb") as f:
-                yield pq.ParquetFile(f).read_row_group(int(group), columns=["path", "image", "label"]).to_pandas()
+        for file, groups in itertools.groupby(zip(part["file"], part["row_group"]), key=lambda fg: fg[0]):
+            with fs.open(file, "rb") as f:  # the footer read once per file, not per row group
+                parquet = pq.ParquetFile(f)
+                for _, group in groups:
+                    yield parquet.read_row_group(int(group), columns=["path", "image", "label"]).to_pandas()
 
 
 # --- the job ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from data.manifest import REJECTED_CSV, Manifest
 from data.settings import check_settings, setting
 from data.spark import parse_conf, spark_session
 
+
 @dataclass
 class ConvertOptions:
     """Every setting of a conversion, declared once (:mod:`data.settings`): ``python -m

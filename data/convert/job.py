@@ -64,7 +64,7 @@ def run(spark, lay: layouts.Layout, tmp: str, fractions: Fractions, options: dic
             bad = meta[meta.status == REJECTED]
             rejected = sorted(list(zip(bad.relpath, bad.reason)) + [(rel, EMPTY_FILE) for rel in empty])
             kept = meta[meta.status == KEPT]
-            classes = lay.class_order(list(kept["class"]) + list(bad["class"]) + [rel.split("/")[0] for rel, _ in rejected])
+            classes = lay.class_order(list(kept["class"]) + [rel.split("/")[0] for rel, _ in rejected])
             strata = {(c, p): (len(g), int(g.nbytes.sum())) for (c, p), g in kept.groupby(["class", "part"])}
             _check_found(lay, strata, rejected)
             per_split = split_rows(strata, fractions, classes)
@@ -109,13 +109,14 @@ def decode_tasks(files: int, cores: int) -> int:
 def balance(tasks: list[FileTask], shares: int) -> list[list[FileTask]]:
     """``tasks`` in at most ``shares`` groups of about equal image bytes (largest first,
     each to the lightest group), each group in output order."""
-    groups: list[list[FileTask]] = [[] for _ in range(max(1, min(shares, len(tasks))))]
+    weight = [sum(r[4] for r in t.rows) for t in tasks]
+    groups: list[list[int]] = [[] for _ in range(max(1, min(shares, len(tasks))))]
     load = [0] * len(groups)
-    for task in sorted(tasks, key=lambda t: -sum(r[4] for r in t.rows)):
+    for k in sorted(range(len(tasks)), key=lambda k: -weight[k]):
         i = load.index(min(load))
-        groups[i].append(task)
-        load[i] += sum(r[4] for r in task.rows)
-    return [sorted(g, key=tasks.index) for g in groups if g]
+        groups[i].append(k)
+        load[i] += weight[k]
+    return [[tasks[k] for k in sorted(g)] for g in groups if g]
 
 
 def _check_found(lay: layouts.Layout, strata: Strata, rejected: list[tuple[str, str]]) -> None:
