@@ -96,6 +96,9 @@ def test_train_loader_gives_exactly_steps_per_epoch_batches(seven_groups):
 def test_eval_loader_reads_each_image_once_across_ranks(seven_groups):
     data_dir, manifest = seven_groups
     parquet = data.open_split(data_dir, "val")
+    val_files = sorted(f for f in os.listdir(os.path.join(data_dir, "val")) if f.endswith(".parquet"))
+    assert sorted(os.path.basename(f) for f, _ in parquet.files) == val_files  # each file with its row groups
+    assert sum(n for _, n in parquet.files) == parquet.row_groups == manifest.splits["val"].row_groups
     counts = []
     for rank in range(2):
         with data.make_eval_loader(parquet, batch_size=5, image_size=8, workers=0, rank=rank, world_size=2) as b:
