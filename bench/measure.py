@@ -153,6 +153,18 @@ def read_sample(images: str, limit: int = 256) -> list[bytes]:
     return out
 
 
+def read_parquet_sample(data: str, limit: int = 256) -> list[bytes]:
+    """The first ``limit`` stored images of a converted data set's train split (rows are in
+    hashed-path order, so any classes), in memory."""
+    import pyarrow.dataset as ds
+
+    from data.manifest import split_url
+    from data.object_store import arrow_url
+
+    table = ds.dataset(arrow_url(split_url(data, "train")), format="parquet").head(limit, columns=["image"])
+    return table.column("image").to_pylist()
+
+
 def median_rates(measure: dict[str, Callable[[], Rate]], rounds: int,
                  log: Callable[[str], None] = lambda _: None) -> dict[str, dict]:
     """Run every measurement once per round, interleaved; keep each one's medians and rounds."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -146,17 +147,19 @@ def open_gpu_decoded(data: str, s: PathSettings, device: torch.device) -> Iterat
 
 
 def reader_rows_per_s(data: str, seconds: float) -> float:
-    """Rows/s of one Petastorm batch reader alone (no decode): what Petastorm can feed."""
-    from petastorm import make_batch_reader
+    """Rows/s of the train split read alone (no decode) in one process, by Petastorm as the
+    loader reads it (:func:`data.split_reader.read_pass`, one seeded pass after another):
+    what Petastorm can feed a worker."""
+    from data.manifest import Manifest, split_url
+    from data.order import shard_plan
+    from data.split_reader import read_pass
 
-    from data.manifest import COLUMNS, split_url
-    from data.object_store import arrow_url, petastorm_filesystem
-
-    rows, started, url = 0, time.perf_counter(), split_url(data, "train")
-    with make_batch_reader(arrow_url(url), schema_fields=list(COLUMNS), reader_pool_type="dummy", num_epochs=None,
-                           filesystem=petastorm_filesystem(url)) as reader:
-        for chunk in reader:
-            rows += len(chunk.label)
-            if time.perf_counter() - started >= seconds:
-                break
-    return rows / (time.perf_counter() - started)
+    parquet = inspect_split(split_url(data, "train"), Manifest.load(data).num_classes)
+    plan = shard_plan(0, 1, parquet.row_groups)
+    rows, started = 0, time.perf_counter()
+    for seed in itertools.count():
+        for _, labels, _ in read_pass(parquet, plan, seed):
+            rows += len(labels)
+        if time.perf_counter() - started >= seconds:
+            return rows / (time.perf_counter() - started)
+    raise AssertionError("unreachable")

@@ -9,7 +9,12 @@ CONVERT_CEILING = "convert_ceiling"
 # (path or conversion, reference, minimum ratio): the benchmark's goals, checked in every run
 # where both were measured.
 GOALS = (("project", "raw_files", 1.0), ("project", "petastorm_converter", 2.0), ("project_resized", "raw_files", 1.8),
-         ("project", "decode_ceiling_project", 0.9), ("data.convert", CONVERT_CEILING, 0.5))
+         ("project", "decode_ceiling_project", 0.9), ("project_resized", "decode_ceiling_resized", 0.85),
+         ("data.convert", CONVERT_CEILING, 0.5))
+# (path, minimum share of the machine's cores its processes keep busy): a loader that leaves cores idle starves.
+CORE_GOALS = (("project", 0.925), ("project_resized", 0.925))
+# (diagnostic, minimum): Petastorm as the loader reads it must outrun the decode many times over.
+DIAGNOSTIC_GOALS = (("petastorm_reader_rows_per_s_one_process", 5000.0),)
 # On CUDA, training fed from Parquet: at least this share of the synthetic-input rate, at most this data wait.
 TRAIN_GOAL = (0.95, 0.05)
 DESCRIPTIONS = {
@@ -20,6 +25,7 @@ DESCRIPTIONS = {
     "project_gpu_decode": "trainer loader, JPEG bytes decoded on the GPU",
     "decode_ceiling": "cores x one core decoding + transforming (raw_files' transforms)",
     "decode_ceiling_project": "cores x one core running the project's decode",
+    "decode_ceiling_resized": "the same on the --max-side 256 conversion's images",
     CONVERT_CEILING: "cores x one core running data.convert's per-file check (full decode) on the same files",
 }
 
@@ -39,10 +45,12 @@ def path_table(rates: dict[str, dict], cores: int) -> dict[str, dict]:
     return out
 
 
-def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = None) -> list[dict]:
-    """Each goal whose two sides were measured (a path, or a conversion speed): the images/s
-    ratio and whether it is met, and for two paths the same ratio of images per CPU second
-    (efficiency, steadier on a shared machine; None for conversions)."""
+def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = None, cores: int | None = None,
+                diagnostics: dict[str, float] | None = None) -> list[dict]:
+    """Each goal whose sides were measured: for two paths (or a conversion and its ceiling)
+    the images/s ratio, and the same ratio of images per CPU second (efficiency, steadier on
+    a shared machine; None for conversions); for a path's cores, the share of ``cores`` it
+    used; for a diagnostic, its value over the minimum."""
     measured = {**(conversion or {}), **paths}
     checks = []
     for name, ref, minimum in GOALS:
@@ -52,6 +60,16 @@ def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = Non
             cpu = measured[name].get("images_per_cpu_s"), measured[ref].get("images_per_cpu_s")
             checks.append({"goal": f"{name} >= {minimum:g}x {ref}", "ratio": ratio, "met": ratio >= minimum,
                            "cpu_efficiency_ratio": round(cpu[0] / cpu[1], 3) if all(cpu) else None})
+    for name, minimum in CORE_GOALS:
+        if cores and paths.get(name, {}).get("cpu_cores_used"):
+            share = round(paths[name]["cpu_cores_used"] / cores, 3)
+            checks.append({"goal": f"{name} keeps >= {minimum:g}x of {cores} cores busy", "ratio": share,
+                           "met": share >= minimum, "cpu_efficiency_ratio": None})
+    for name, minimum in DIAGNOSTIC_GOALS:
+        if (diagnostics or {}).get(name):
+            ratio = round(diagnostics[name] / minimum, 3)
+            checks.append({"goal": f"{name} >= {minimum:g}", "ratio": ratio, "met": ratio >= 1,
+                           "cpu_efficiency_ratio": None})
     return checks
 
 

@@ -20,14 +20,15 @@ from torch import nn
 
 from bench.measure import Opener
 from data.gpu_prefetch import make_device_prefetcher
-from data.loader import model_input, normalize
+from data.gpu_decode import model_input
+from data.transforms import normalize
 from trainer.model import build_model, to_device
 from trainer.precision import autocast_context, make_scaler, precision_dtype
 
 
 def to_model_input(images, device: torch.device, size: int, channels_last: bool) -> torch.Tensor:
     """Whatever a path yields -> normalised float on ``device``, as the model wants it: the
-    trainer's :func:`data.loader.model_input`, or a batch its path already normalised."""
+    trainer's :func:`data.gpu_decode.model_input`, or a batch its path already normalised."""
     if isinstance(images, torch.Tensor) and images.is_floating_point():  # raw_files, petastorm_converter
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return images.to(device, non_blocking=True).contiguous(memory_format=fmt)

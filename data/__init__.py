@@ -14,8 +14,8 @@ from data.lazy import lazy_exports
 
 _EXPORTS = {
     "Batches": "data.loader",
-    "ParquetSplit": "data.loader",
-    "normalize": "data.loader",
+    "ParquetSplit": "data.split_reader",
+    "normalize": "data.transforms",
     "decode_on_device": "data.gpu_decode",
     "make_device_prefetcher": "data.gpu_prefetch",
     "Manifest": "data.manifest",
@@ -32,7 +32,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from data.errors import UserError
     from data.gpu_decode import decode_on_device
     from data.gpu_prefetch import make_device_prefetcher
-    from data.loader import Batches, ParquetSplit, normalize
+    from data.loader import Batches
+    from data.split_reader import ParquetSplit
+    from data.transforms import normalize
     from data.manifest import Manifest
     from data.rank_loaders import (TrainBatches, make_eval_loader, make_train_loader, open_split,
                                    train_steps_per_epoch)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from data.transforms import Box, image_size
+from data.transforms import Box, image_size, normalize
 
 
 class JpegBatch(NamedTuple):
@@ -110,7 +110,7 @@ def _resize_group(images: Sequence[torch.Tensor], rows: torch.Tensor, columns: t
 
 def decode_on_device(batch: JpegBatch, size: int, device: torch.device | str) -> torch.Tensor:
     """Decode and crop a :class:`JpegBatch` on ``device``: uint8 ``[B, 3, size, size]``,
-    channels_last, as the CPU path yields (then :func:`data.loader.normalize` it).
+    channels_last, as the CPU path yields (then :func:`data.transforms.normalize` it).
 
     On CUDA the resize runs in float16 on the tensor cores (pixels are whole numbers
     below 2048, exact in float16; the weights' rounding moves a result by well under one
@@ -128,3 +128,12 @@ def decode_on_device(batch: JpegBatch, size: int, device: torch.device | str) ->
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     out = crop_resize_batch(images, batch.boxes, batch.flips, size, dtype)
     return out.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+
+
+def model_input(images: torch.Tensor | JpegBatch, size: int, device: torch.device,
+                channels_last: bool = True) -> torch.Tensor:
+    """A loader batch as the model takes it: normalised float on ``device``; a
+    :class:`JpegBatch` (``decode="gpu"``) is decoded there first."""
+    if isinstance(images, JpegBatch):
+        images = decode_on_device(images, size, device)
+    return normalize(images, device, channels_last=channels_last)

@@ -1,7 +1,7 @@
 """S3-compatible object storage for the readers: the one place that knows how to open ``s3://``.
 
 Two libraries read a data set from S3. pyarrow's own ``S3FileSystem`` reads the manifest
-and checks each split (:mod:`data.manifest`, :func:`data.loader.inspect_split`);
+and checks each split (:mod:`data.manifest`, :func:`data.split_reader.inspect_split`);
 Petastorm 0.12 reads row groups through pyarrow's *legacy* filesystem API, which for S3
 means ``s3fs`` behind ``pyarrow.filesystem.S3FSWrapper`` (:func:`petastorm_filesystem`).
 Both take credentials, region and endpoint from the standard AWS variables, as boto3 and

@@ -1,11 +1,11 @@
 """This rank's loaders over a converted data set folder: the public entry points.
 
 :func:`make_train_loader` and :func:`make_eval_loader` take the folder written by
-``python -m data.convert`` (or a :class:`~data.loader.ParquetSplit` from
+``python -m data.convert`` (or a :class:`~data.split_reader.ParquetSplit` from
 :func:`open_split`, to check a split once and reuse it every epoch), read the
 manifest, and take rank and world size from ``torch.distributed`` when a process group
 is up (else a world of one). Sharding, exactly-once evaluation and resumable train
-streams are :mod:`data.loader`'s; see its docstring.
+streams are :mod:`data.order`'s; see its docstring.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from data.manifest import Manifest, split_url
 
 def open_split(data_dir: str, split: str = "train", manifest: Manifest | None = None) -> ParquetSplit:
     """Check ``data_dir``'s ``split`` (schema, labels against the manifest) once; the
-    :class:`~data.loader.ParquetSplit` returned is what the loaders read.
+    :class:`~data.split_reader.ParquetSplit` returned is what the loaders read.
 
     ``data_dir`` is a local folder or a URL pyarrow and Petastorm read (``file://``,
     ``s3://``, ``hdfs://``); pass ``manifest`` when it is already loaded.
@@ -98,9 +98,9 @@ def make_train_loader(data: str | ParquetSplit, *, batch_size: int, image_size: 
     ``skip_batches`` resumes an epoch after that many steps and yields the
     batches an uninterrupted run would have. The global batch (``batch_size x
     world_size``) is read from ``streams`` canonical streams (default
-    :func:`data.loader.default_streams`): with the same ``streams`` and global batch, step
+    :func:`data.order.default_streams`): with the same ``streams`` and global batch, step
     ``t`` covers the same images with the same augmentation on any world size that divides
-    ``streams``, so a run can resume on another world size. Feed images to :func:`data.loader.normalize`
+    ``streams``, so a run can resume on another world size. Feed images to :func:`data.transforms.normalize`
     on the device. ``data`` is a data set folder or :func:`open_split`'s result;
     ``pin_memory`` defaults to whether CUDA is available.
     """

@@ -14,7 +14,7 @@ decoding, so the GPU path (:mod:`data.gpu_decode`) draws exactly the same crops 
 flips in the loader workers. The optional recipe augmentations (:class:`Augment`:
 AutoAugment-style policies, random erasing) run on the decoded uint8 batch, each image
 on its own, with torchvision's transforms drawing from a generator keyed by the caller.
-Normalisation happens on the batch (see :func:`data.loader.normalize`), which is
+Normalisation happens on the batch, on the device (:func:`normalize`), which is
 cheaper than per-image float tensors.
 """
 from __future__ import annotations
@@ -124,15 +124,31 @@ def decode_crop(data: bytes, size: int, params: Callable[[int, int], tuple[Box, 
 
 
 def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], tuple[Box, bool]],
-                 shared: bool = False) -> torch.Tensor:
-    """Decode a batch into uint8 ``[B, 3, size, size]`` with channels_last strides (one buffer;
-    ``shared``: in shared memory, so a DataLoader worker sends it without copying it there)."""
-    out = torch.empty((len(raw), size, size, 3), dtype=torch.uint8)
-    if shared:
-        out.share_memory_()
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode a batch into uint8 ``[B, 3, size, size]`` with channels_last strides, written
+    into ``out`` (uint8 ``[B, size, size, 3]``, e.g. in shared memory) when given."""
+    if out is None:
+        out = torch.empty((len(raw), size, size, 3), dtype=torch.uint8)
     for i, data in enumerate(raw):
         out[i] = decode_crop(data, size, params).permute(1, 2, 0)
     return out.permute(0, 3, 1, 2)
+
+
+def normalize(images: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
+              channels_last: bool = True) -> torch.Tensor:
+    """uint8 ``[B,3,H,W]`` -> float on ``device``, normalised by MEAN and STD (channels_last
+    memory by default): done on the batch, on the device, 4x fewer bytes cross to it."""
+    mean, std = _mean_std(torch.device(device), dtype)
+    x = images.to(device, non_blocking=True).to(dtype).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEAN and STD (x 255) on ``device``, made once per device: a tensor made from Python
+    values is a copy from pageable memory, which waits for all queued GPU work, so making
+    them per batch would stop the CPU from running ahead of the GPU."""
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1) * 255 for v in (MEAN, STD))
 
 
 AUTO_AUGMENT = ("none", "ta_wide", "ra", "augmix")

@@ -24,7 +24,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from data.errors import UserError
 from data.gpu_decode import JpegBatch, crop_resize_batch, decode_on_device, jpeg_batch
 from data.gpu_prefetch import make_device_prefetcher
-from data.loader import inspect_split, make_loader, model_input
+from data.gpu_decode import model_input
+from data.loader import inspect_split, make_loader
 from data.rank_loaders import make_train_loader
 from data.manifest import split_url
 from data.synthetic import make_image

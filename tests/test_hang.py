@@ -12,7 +12,7 @@ import time
 import psutil
 
 from data import make_eval_loader, make_train_loader
-from data.loader import live_workers
+from data.workers import live_workers
 from tests import soak
 from tests.procs import ROOT, finish, start
 

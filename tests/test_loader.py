@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from data.loader import inspect_split, make_loader, shard_plan
+from data.loader import inspect_split, make_loader
 from data.manifest import split_url
+from data.order import shard_plan
 
 
 def eval_images(parquet, world_size: int, workers: int) -> list[tuple[int, str]]:
@@ -118,12 +120,26 @@ def test_a_worker_shard_without_rows_is_a_one_line_user_error(one_group):
     assert "too few rows" in message and "\n" not in message and "Traceback" not in message
 
 
-def test_a_worker_batch_is_decoded_straight_into_shared_memory():
-    """What a worker hands to the rank is already in shared memory: sending it copies nothing."""
+def test_train_parts_travel_through_a_shared_ring_that_waits_for_the_rank():
+    """A worker decodes its part straight into a slot of shared memory the rank made once;
+    the rank copies it out and frees the slot; a worker that runs a whole ring ahead waits."""
+    import threading
+
+    from data.loader import Slot, SlotRing
     from data.transforms import decode_batch
     from tests.sample_images import encode, noise
 
     jpeg = encode(noise(16, 12, seed=1), "JPEG")
     whole = lambda w, h: ((0, 0, w, h), False)  # noqa: E731
-    shared, private = decode_batch([jpeg, jpeg], 8, whole, shared=True), decode_batch([jpeg, jpeg], 8, whole)
-    assert shared.is_shared() and not private.is_shared() and torch.equal(shared, private)
+    ring = SlotRing(workers=1, rows=2, size=8, slots=2)
+    assert ring.images.is_shared() and ring.copied.is_shared()
+    slot, buffer = ring.slot(0, 0)
+    decoded = decode_batch([jpeg, jpeg], 8, whole, out=buffer)
+    assert torch.equal(decoded, decode_batch([jpeg, jpeg], 8, whole)) and decoded.data_ptr() == buffer.data_ptr()
+    ring.slot(0, 1)  # a second part: the ring has room
+    out = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    threading.Timer(0.3, ring.take, (Slot(0, slot, 2), out)).start()
+    started = time.perf_counter()
+    assert ring.slot(0, 2)[0] == slot  # part 2 reuses part 0's slot, once the rank has copied part 0
+    assert time.perf_counter() - started >= 0.25
+    assert np.array_equal(out, decoded.permute(0, 2, 3, 1).numpy())

@@ -72,9 +72,9 @@ def test_a_worker_stays_within_its_memory_bound_and_an_unbounded_buffer_would_no
     write_split(str(tmp_path), "many", jpegs, labels, paths, ROWS_PER_GROUP, 3)
     one, many = (inspect_split(f"file://{tmp_path}/{split}", 3) for split in ("one", "many"))
     row_bytes = max(len(j) for j in jpegs)
-    # data.loader's bound on what a worker holds: 2 row groups, the shuffle buffer, the decoded batches in flight.
+    # data.loader's bound on what a worker holds: 2 row groups, the shuffle buffer, its slots of decoded parts.
     bound = (2 * ROWS_PER_GROUP * row_bytes + (SHUFFLE_ROWS + ROWS_PER_GROUP) * row_bytes
-             + PREFETCH * BATCH * 3 * IMAGE_SIZE ** 2 + ALLOWANCE)
+             + (PREFETCH + 2) * BATCH * 3 * IMAGE_SIZE ** 2 + ALLOWANCE)
     assert sum(len(j) for j in jpegs) // WORKERS > bound  # each worker reads more than the bound
 
     # A worker's fixed cost (its code, imports, first use of each library): one row group read.

@@ -5,7 +5,7 @@ One path for every way of predicting (``trainer.predict``, the MLflow model in
 upright RGB JPEG as ``data.convert`` stores it (:func:`data.convert.images.to_rgb_jpeg`;
 a stored RGB JPEG is kept byte-for-byte), then the eval transform
 (:func:`data.transforms.decode_eval`: resize + centre crop to the trained size) and the
-batch normalisation of the loaders (:func:`data.loader.normalize`). So a converted
+batch normalisation of the loaders (:func:`data.transforms.normalize`). So a converted
 image gets the very pixels ``trainer.evaluate`` gives the model.
 
 A :class:`Classifier` is built from a checkpoint dict (a full one from training, or the
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from data.convert.images import BadImage, to_rgb_jpeg
-from data.loader import normalize
+from data.transforms import normalize
 from data.transforms import decode_eval
 from trainer import checkpoint as ck
 from trainer.model import model_from_checkpoint

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 
 from data.errors import UserError, cli
-from data.loader import normalize
+from data.transforms import normalize
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, open_split
 from trainer import checkpoint as ck

@@ -28,7 +28,10 @@ from tqdm import tqdm
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
 from data.gpu_prefetch import make_device_prefetcher
-from data.loader import ParquetSplit, check_streams, default_streams, model_input, worker_context
+from data.gpu_decode import model_input
+from data.order import check_streams, default_streams
+from data.split_reader import ParquetSplit
+from data.workers import worker_context
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
@@ -371,7 +374,7 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
 
 def train_streams(cfg: TrainConfig, resumed: dict | None, global_batch: int, world_size: int) -> int:
     """``--streams``; else the checkpoint's when it fits this world size and global batch
-    (so the run goes on in the same order); else :func:`data.loader.default_streams`."""
+    (so the run goes on in the same order); else :func:`data.order.default_streams`."""
     if cfg.streams is None and resumed is not None and resumed.get(ck.GLOBAL_BATCH) == global_batch \
             and resumed[ck.STREAMS] % world_size == 0:
         return resumed[ck.STREAMS]

@@ -6,7 +6,7 @@ When no tick has come for ``after_s`` seconds, a background thread writes
 ``RUN/stacks/rank<R>.txt``: the Python stack of every thread of this rank (by thread
 name) and, for each of its loader workers, its process state and whether it could dump
 its own stacks. Each worker installs a ``faulthandler`` for SIGUSR1 when it starts
-(:mod:`data.loader`, while ``SPARKDP_STACKS_DIR`` is set); the watchdog sends that signal,
+(:mod:`data.workers`, while ``SPARKDP_STACKS_DIR`` is set); the watchdog sends that signal,
 and the worker writes ``rank<R>-worker<W>.txt`` beside the rank's file. A worker that
 is stopped (SIGSTOP, a debugger) or has not reached its worker loop (its handler is not
 installed: it is stuck between fork and start) cannot dump: the rank's file says which.
@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Callable
 
-from data.loader import STACKS_DIR_ENV, live_workers
+from data.workers import STACKS_DIR_ENV, live_workers
 
 STACKS = "stacks"
 _SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
