@@ -59,6 +59,9 @@ class BenchOptions:
                                         "measured without it (synthetic_eager)")
     work: str | None = setting(None, metavar="DIR", doc="a temporary folder, removed",
                                help="keep the conversions here")
+    against: str | None = setting(None, metavar="REV", doc="off",
+                                  help="also measure git revision REV's project path with its own benchmark (checked "
+                                       "out in a worktree), in the same rounds; prints project's ratio to it")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -15,6 +15,9 @@ GOALS = (("project", "raw_files", 1.0), ("project", "petastorm_converter", 2.0),
 CORE_GOALS = (("project", 0.925), ("project_resized", 0.925))
 # (diagnostic, minimum): Petastorm as the loader reads it must outrun the decode many times over.
 DIAGNOSTIC_GOALS = (("petastorm_reader_rows_per_s_one_process", 5000.0),)
+# --against REV measures the project path at REV as the path "project@REV"; the goal against it:
+AGAINST = "project@"
+AGAINST_MINIMUM = 1.2
 # On CUDA, training fed from Parquet: at least this share of the synthetic-input rate, at most this data wait.
 TRAIN_GOAL = (0.95, 0.05)
 DESCRIPTIONS = {
@@ -41,8 +44,14 @@ def path_table(rates: dict[str, dict], cores: int) -> dict[str, dict]:
                      "images_per_cpu_s": round(r["images_per_cpu_s"], 1),
                      "cpu_cores_used": round(ips / r["images_per_cpu_s"], 2) if r["images_per_cpu_s"] else None,
                      "rounds": [round(v, 1) for v in r.get("rounds", [])],
-                     "description": DESCRIPTIONS.get(name, "")}
+                     "description": _description(name)}
     return out
+
+
+def _description(name: str) -> str:
+    if name.startswith(AGAINST):
+        return f"the project path at revision {name[len(AGAINST):]}, measured by that revision's own benchmark"
+    return DESCRIPTIONS.get(name, "")
 
 
 def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = None, cores: int | None = None,
@@ -50,10 +59,12 @@ def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = Non
     """Each goal whose sides were measured: for two paths (or a conversion and its ceiling)
     the images/s ratio, and the same ratio of images per CPU second (efficiency, steadier on
     a shared machine; None for conversions); for a path's cores, the share of ``cores`` it
-    used; for a diagnostic, its value over the minimum."""
+    used; for a diagnostic, its value over the minimum. With ``--against REV``
+    the project path is also held to ``AGAINST_MINIMUM`` x ``project@REV``."""
     measured = {**(conversion or {}), **paths}
     checks = []
-    for name, ref, minimum in GOALS:
+    against = tuple(("project", name, AGAINST_MINIMUM) for name in paths if name.startswith(AGAINST))
+    for name, ref, minimum in GOALS + against:
         if name in measured and ref in measured and measured[ref]["images_per_s"]:
             # judged on the ratio as printed, so the report never says 1.00x "NOT met" against 1x
             ratio = round(measured[name]["images_per_s"] / measured[ref]["images_per_s"], 3)
@@ -94,6 +105,11 @@ def format_table(result: dict) -> str:
     for g in result["goals"]:
         cpu = "" if g["cpu_efficiency_ratio"] is None else f"(per CPU-s: {g['cpu_efficiency_ratio']:.2f}x)"
         lines.append(f"goal {g['goal']:<44} {g['ratio']:.2f}x  {'met' if g['met'] else 'NOT met':<8}{cpu}")
+    if result.get("against"):
+        v = result["against"]
+        cpu = "" if v["ratio_per_cpu_s"] is None else f"  (per CPU-s: {v['ratio_per_cpu_s']:.2f}x)"
+        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.2f}x"
+        lines.append(f"project vs {v['path']}: {ratio}{cpu}  ({v['commit'][:12]}, python -m {v['module']})")
     for key, value in result.get("diagnostics", {}).items():
         lines.append(f"{key:<40} {value}")
     for name, c in result.get("conversion", {}).items():

@@ -7,7 +7,9 @@ and worker count: ``raw_files``, ``petastorm_converter``, ``project``, ``project
 ``decode_ceiling`` (cores x one core's decode+transform rate) and, on CUDA (or when
 named), ``project_gpu_decode`` (paths: :mod:`bench.paths`). Writes JSON (images/s, per core,
 ratio to ``raw_files``, the goals, conversion speed of ``data.convert`` vs
-``make_spark_converter``) and a bar chart PNG next to it, and prints a table.
+``make_spark_converter``) and a bar chart PNG next to it, and prints a table. With
+``--against REV`` another revision's ``project`` path, measured by that revision's own
+benchmark, is one more entry of the rounds (:mod:`bench.against`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
+from bench import against as ba
 from bench import measure as bm
 from bench import paths as bp
 from bench.options import RESIZED_SIDE, BenchOptions, parse_args
@@ -131,13 +134,14 @@ def run(a: BenchOptions, spark=None) -> dict:
     """Measure the paths ``a`` asks for; write the outputs and return the result dict."""
     if not os.path.isdir(a.images):
         raise UserError(f"--images {a.images} is not a folder")
+    revision = _against(a)
     wanted = list(a.paths)  # project_gpu_decode is in the default only on CUDA (bench.options.default_paths)
     s = bp.PathSettings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size,
                     pin_memory=torch.cuda.is_available())
     from data.spark import spark_session
 
     session_or_none = spark_session(spark) if _needs_spark(a, wanted) else contextlib.nullcontext(spark)
-    with session_or_none as session, _workdir(a.work) as work:
+    with session_or_none as session, _workdir(a.work) as work, ba.checked_out(revision, work) as tree:
         if session is not None:
             _warm_up(session, a.images)
         data, resized, conversion = _data_sets(a, session, work, wanted)
@@ -150,7 +154,8 @@ def run(a: BenchOptions, spark=None) -> dict:
             conversion["make_spark_converter"] = {"images": len(converter), "seconds": round(seconds, 2),
                                                   "images_per_s": round(len(converter) / seconds, 1)}
         try:
-            result = _measure(a, s, _openers(a, s, wanted, data, resized, converter), data, resized)
+            against = ba.Measurement(revision, tree, a, _log) if revision else None
+            result = _measure(a, s, _openers(a, s, wanted, data, resized, converter), data, resized, against)
         finally:
             if converter is not None:
                 converter.delete()
@@ -171,10 +176,22 @@ def _openers(a: BenchOptions, s: bp.PathSettings, wanted: list[str], data: str |
     return {name: make() for name, make in every.items() if name in wanted}
 
 
+def _against(a: BenchOptions) -> ba.Revision | None:
+    """``--against REV``, checked before anything starts; it compares the project path."""
+    if a.against is None:
+        return None
+    if "project" not in a.paths:
+        raise UserError("--against compares the project path: name project in --paths")
+    return ba.resolve(a.against)
+
+
 def _measure(a: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opener], data: str | None,
-             resized: str | None) -> dict[str, Any]:
+             resized: str | None, against: ba.Measurement | None = None) -> dict[str, Any]:
+    """The paths, the ceilings and ``against`` (another revision's project path), in interleaved rounds."""
     warmup_batches, warmup_s = 2 * max(1, s.workers), min(3.0, max(0.5, a.seconds / 4))
     measure = {name: partial(bm.stream_rate, fn, a.seconds, warmup_batches, warmup_s) for name, fn in openers.items()}
+    if against is not None:
+        measure[against.revision.path] = against
     if "decode_ceiling" in a.paths:
         blobs = bm.read_sample(a.images)
         measure["decode_ceiling"] = partial(bm.ceiling_rate, bm.reference_decoder(s.image_size), blobs, a.seconds)
@@ -185,6 +202,8 @@ def _measure(a: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opener],
                                                         bm.read_parquet_sample(resized), a.seconds)
     paths = path_table(bm.median_rates(measure, a.rounds, _log), bm.cores())
     result: dict[str, Any] = {"machine": _machine(), "paths": paths, "goals": [], "diagnostics": {}}
+    if against is not None:
+        result["against"] = ba.summary(against.revision, paths)
     if data:
         _log("timing the Petastorm reader alone ...")
         result["diagnostics"]["petastorm_reader_rows_per_s_one_process"] = round(

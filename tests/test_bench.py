@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -121,3 +122,59 @@ def test_gpu_decode_path_loss_scaler_and_compile_rows_run_on_cpu(tmp_path, monke
     assert set(steps["paths"]) == {"synthetic", "synthetic_eager", "project_gpu_decode"}
     assert res["paths"]["project_gpu_decode"]["images_per_s"] > 0
     assert all(s["images_per_s"] > 0 and s["steps"] >= 2 for s in steps["paths"].values())
+
+
+def _git_checkout() -> bool:
+    from tests.procs import ROOT
+
+    try:
+        top = subprocess.run(["git", "-C", ROOT, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False
+    return top.returncode == 0 and os.path.realpath(top.stdout.strip()) == os.path.realpath(ROOT)
+
+
+@pytest.mark.skipif(not _git_checkout(), reason="--against checks revisions out of the git checkout the tests run from")
+def test_against_a_revision_measures_its_project_path_in_the_same_rounds(tmp_path):
+    """--against HEAD: this checkout's last commit, checked out in a worktree and measured by its
+    own benchmark (its own conversion, with its own Spark, and its loader) as one more entry of
+    the rounds. This side reads a Parquet set written without Spark, to keep the test short."""
+    from tests.parquet_sets import write_data_set
+    from tests.procs import ROOT
+
+    images = str(tmp_path / "images")
+    generate(images, classes=3, per_class=8, width=96, height=72, seed=1, progress=False)
+    write_data_set(str(tmp_path / "data"), row_groups=2)
+    res = run(parse_args(["--images", images, "--data", str(tmp_path / "data"), "--out-json",
+                          str(tmp_path / "out.json"), "--paths", "project", "--against", "HEAD", "--seconds", "1",
+                          "--rounds", "1", "--batch-size", "4", "--image-size", "32", "--workers", "1",
+                          "--work", str(tmp_path / "work")]))
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    old, new = res["paths"]["project@HEAD"], res["paths"]["project"]
+    assert old["images_per_s"] > 0 and old["images_per_cpu_s"] > 0 and len(old["rounds"]) == 1
+    assert res["against"]["commit"] == head and res["against"]["rev"] == "HEAD"
+    assert res["against"]["ratio"] == pytest.approx(new["images_per_s"] / old["images_per_s"], rel=1e-2)
+    assert res["against"]["ratio_per_cpu_s"] > 0
+    assert "project >= 1.2x project@HEAD" in {g["goal"] for g in res["goals"]}
+    with open(tmp_path / "out.json") as f:
+        assert json.load(f)["against"] == res["against"]
+    # the worktree and its conversion are gone, from the folder and from git's list
+    assert not [p for p in os.listdir(tmp_path / "work") if p.startswith("against-")]
+    listed = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in listed
+
+
+def test_against_an_unknown_revision_or_outside_git_is_one_line_error(tmp_path, capsys):
+    from bench.against import resolve
+    from data.errors import UserError
+
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--images", str(images), "--out-json", str(tmp_path / "x.json"), "--paths", "project",
+              "--against", "no-such-revision-7f3a"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.count("\n") == 0
+    assert err.startswith("error: --against no-such-revision-7f3a: no such revision")
+    with pytest.raises(UserError, match="needs a git checkout"):
+        resolve("HEAD", repo=str(tmp_path))
