@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from data.errors import UserError, cli
-from data.loader import DEFAULT_SHUFFLE_ROWS, RECORD_PATHS_ENV, ParquetImages, check_streams, default_streams
+from data.loader import RECORD_PATHS_ENV, ParquetImages
+from data.order import DEFAULT_SHUFFLE_ROWS, check_streams, default_streams
 from data.object_store import arrow_url
 from data.rank_loaders import make_train_loader, open_split, train_steps_per_epoch
 from data.settings import build_parser as settings_parser

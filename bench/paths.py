@@ -148,17 +148,17 @@ def open_gpu_decoded(data: str, s: PathSettings, device: torch.device) -> Iterat
 
 def reader_rows_per_s(data: str, seconds: float) -> float:
     """Rows/s of the train split read alone (no decode) in one process, by Petastorm as the
-    loader reads it (:func:`data.split_reader.read_pass`, one seeded pass after another):
-    what Petastorm can feed a worker."""
+    loader reads it (:func:`data.split_reader.read_rows`, whole passes in seeded row-group
+    orders): what Petastorm can feed a worker."""
     from data.manifest import Manifest, split_url
-    from data.order import shard_plan
-    from data.split_reader import read_pass
+    from data.order import pass_order, row_ranges
+    from data.split_reader import read_rows
 
     parquet = inspect_split(split_url(data, "train"), Manifest.load(data).num_classes)
-    plan = shard_plan(0, 1, parquet.row_groups)
     rows, started = 0, time.perf_counter()
-    for seed in itertools.count():
-        for _, labels, _ in read_pass(parquet, plan, seed):
+    for pass_ in itertools.count():
+        ranges = row_ranges(parquet.group_rows, pass_order(parquet.row_groups, 0, 0, pass_), 0, 1)
+        for _, labels, _ in read_rows(parquet, ranges):
             rows += len(labels)
         if time.perf_counter() - started >= seconds:
             return rows / (time.perf_counter() - started)

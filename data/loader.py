@@ -53,9 +53,9 @@ from data import workers as wp
 from data.errors import UserError
 from data.gpu_decode import JpegBatch, jpeg_batch
 from data.object_store import s3_settings
-from data.order import (DEFAULT_SHUFFLE_ROWS, augment_key, augment_rng, check_streams, default_streams, pass_seed,
-                        shard_plan, shuffled_batches, worker_streams)
-from data.split_reader import ParquetSplit, inspect_split, read_pass
+from data.order import (DEFAULT_SHUFFLE_ROWS, augment_key, augment_rng, batches_of, check_streams, default_streams,
+                        mixed_rows, pass_order, row_ranges, worker_streams)
+from data.split_reader import ParquetSplit, inspect_split, read_rows
 from data.transforms import Augment, decode_batch, eval_params, train_params
 
 PREFETCH = 4  # parts each worker may have in flight (DataLoader's prefetch_factor)
@@ -142,23 +142,18 @@ class ParquetImages(IterableDataset):
         return max(len(worker_streams(self.streams, self.world_size, self.rank, w, workers))
                    for w in range(workers)) * self.stream_rows if per_rank else 0
 
-    def _passes(self, plan) -> Iterator[tuple]:
-        """Row groups of shard ``plan``: train repeats it forever, one freshly seeded pass at a time."""
-        for pass_ in itertools.count() if self.train else range(1):
-            rows = 0
-            seed = pass_seed(self.seed, self.epoch, pass_) if self.train else None
-            for chunk in read_pass(self.parquet, plan, seed, self.storage):
-                rows += len(chunk[1])
-                yield chunk
-            if self.train and not rows:  # a whole pass gave nothing: it would spin forever
-                raise UserError(f"{self.parquet.url} has too few rows for {self.streams} train stream(s): "
-                                "use fewer --streams (or ranks x loader workers), or more data")
-
     def _stream(self, stream: int) -> Iterator[tuple]:
         """Train stream ``stream``: its rows for each step of the epoch, from step 0."""
-        plan = shard_plan(stream, self.streams, self.parquet.row_groups)
-        return shuffled_batches(self._passes(plan), self.stream_rows, self.shuffle_rows,
-                                (self.seed, self.epoch, stream))
+        split = self.parquet
+        if sum(split.group_rows) < self.streams:
+            raise UserError(f"{split.url} has too few rows for {self.streams} train stream(s): "
+                            "use fewer --streams (or ranks x loader workers), or more data")
+        passes = (mixed_rows(read_rows(split, row_ranges(split.group_rows, pass_order(split.row_groups, self.seed,
+                                                                                       self.epoch, pass_),
+                                                         stream, self.streams), self.storage),
+                             self.shuffle_rows, (self.seed, self.epoch, stream, pass_))
+                  for pass_ in itertools.count())
+        return batches_of(itertools.chain.from_iterable(passes), self.stream_rows)
 
     def __iter__(self):
         worker, workers = _worker()
@@ -166,10 +161,11 @@ class ParquetImages(IterableDataset):
             yield from self._train_parts(worker_streams(self.streams, self.world_size, self.rank, worker, workers),
                                          worker)
             return
-        shard = self.rank * workers + worker
-        plan = shard_plan(shard, self.world_size * workers, self.parquet.row_groups)
+        split = self.parquet
+        ranges = row_ranges(split.group_rows, range(split.row_groups), self.rank * workers + worker,
+                            self.world_size * workers)
         center = [lambda width, height: eval_params(width, height, self.image_size)]
-        for raw, labels, _ in shuffled_batches(self._passes(plan), self.batch_size, None, ()):
+        for raw, labels, _ in batches_of(read_rows(split, ranges, self.storage), self.batch_size):
             yield self._decode(raw, center), labels
 
     def _train_parts(self, streams: range, worker: int):

@@ -1,13 +1,13 @@
-"""A converted split as the loaders read it: checked once, then read by Petastorm one
-shard pass at a time.
+"""A converted split as the loaders read it: checked once, then read by Petastorm in row ranges.
 
-Each pass is a Petastorm :class:`~petastorm.reader.Reader` that runs its row-group
-worker in the caller's thread (:class:`InlinePool`). Petastorm's own ``dummy`` pool does
-too, but is fed by a ventilator thread three row groups ahead and sleeps 0.1 s whenever
-it runs dry: on small row groups the loader's workers slept more than they decoded
-(the reader alone gave 373 rows/s on 1 MiB row groups; inline, 6,964). Its ``thread``
-and ``process`` pools would add threads or processes inside each loader worker, which
-the loader already is.
+Each read is a Petastorm :class:`~petastorm.reader.Reader` whose pool reads the row groups
+it is given, in that order, in the caller's thread (:class:`InlinePool`): the train order
+needs row ranges that cut across Petastorm's whole-row-group shards (:mod:`data.order`).
+Petastorm's own ``dummy`` pool also reads in the caller's thread, but is fed by a
+ventilator thread three row groups ahead and sleeps 0.1 s whenever it runs dry: on small
+row groups the loader's workers slept more than they decoded (the reader alone gave 373
+rows/s on 1 MiB row groups; inline, about 7,000). Its ``thread`` and ``process`` pools
+would add threads or processes inside each loader worker, which the loader already is.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 from data.errors import UserError
 from data.manifest import COLUMNS
 from data.object_store import arrow_url, petastorm_filesystem, problem
-from data.order import Rows, ShardPlan
+from data.order import Rows
 
 # petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
 # the deprecation warnings it triggers say nothing a user can act on.
@@ -34,7 +34,8 @@ class ParquetSplit:
     url: str
     rows: int
     row_groups: int
-    files: tuple[tuple[str, int], ...] = ()  # (file as pyarrow names it, its row groups), in listing order
+    files: tuple[tuple[str, int], ...] = ()  # (file as pyarrow names it, its row groups), in name order
+    group_rows: tuple[int, ...] = ()  # rows of each row group, files in name order: Petastorm's piece order
 
 
 def inspect_split(url: str, num_classes: int) -> ParquetSplit:
@@ -47,7 +48,9 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
         missing = [c for c in ("image", "label") if c not in dataset.schema.names]
         if missing:
             raise UserError(f"{url} has no column(s) {', '.join(missing)}: was it written by data.convert?")
-        files = tuple((f.path, f.metadata.num_row_groups) for f in dataset.get_fragments())
+        metas = sorted((f.path, f.metadata) for f in dataset.get_fragments())  # Petastorm sorts too
+        files = tuple((path, meta.num_row_groups) for path, meta in metas)
+        group_rows = tuple(meta.row_group(i).num_rows for _, meta in metas for i in range(meta.num_row_groups))
         labels = dataset.to_table(columns=["label"]).column("label")
     except UserError:
         raise
@@ -58,44 +61,38 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
         lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
         if lo is None or lo < 0 or hi >= num_classes:
             raise UserError(f"{url} has labels in [{lo}, {hi}] but the manifest has {num_classes} classes")
-    return ParquetSplit(url, rows, sum(n for _, n in files), files)
+    return ParquetSplit(url, rows, len(group_rows), files, group_rows)
 
 
 class InlinePool:
-    """A Petastorm worker pool that reads each row group in the caller's thread, on demand.
+    """A Petastorm worker pool that reads the row groups it is given, in that order, in the
+    caller's thread (the Reader's own ventilator and its seeded shuffle are not used)."""
 
-    The Reader lets its ventilator run ``workers_count`` + 2 row groups ahead; with this
-    count it queues a whole one-epoch pass (in the pass's seeded order) when it runs,
-    which :meth:`start` does synchronously instead of in a thread."""
+    workers_count = 1
 
-    workers_count = 1 << 30
-
-    def __init__(self) -> None:
-        self._items: list[tuple[tuple, dict]] = []
+    def __init__(self, row_groups: list[int]) -> None:
+        self._todo = [{"piece_index": g, "worker_predicate": None, "shuffle_row_drop_partition": (0, 1)}
+                      for g in reversed(row_groups)]  # popped from the end
         self._results: list = []
         self._worker = None
 
     def start(self, worker_class, worker_args=None, ventilator=None) -> None:
         self._worker = worker_class(0, self._results.append, worker_args)
-        if ventilator is not None:
-            ventilator._ventilate()  # one epoch: every row group, then it returns
-        self._items.reverse()  # popped from the end
 
     def ventilate(self, *args, **kwargs) -> None:
-        self._items.append((args, kwargs))
+        raise AssertionError("InlinePool reads the row groups it was made with")
 
     def get_results(self):
         from petastorm.workers_pool import EmptyResultError
 
         while not self._results:
-            if not self._items:
+            if not self._todo:
                 raise EmptyResultError()
-            args, kwargs = self._items.pop()
-            self._worker.process(*args, **kwargs)
+            self._worker.process(**self._todo.pop())
         return self._results.pop(0)
 
     def stop(self) -> None:
-        self._items.clear()
+        self._todo.clear()
 
     def join(self) -> None:
         pass
@@ -105,24 +102,24 @@ class InlinePool:
         return {}
 
 
-def read_pass(split: ParquetSplit, plan: ShardPlan, seed: int | None,
+def read_rows(split: ParquetSplit, ranges: list[tuple[int, int, int]],
               storage: dict[str, str] | None = None) -> Iterator[Rows]:
-    """One pass over Petastorm shard ``plan`` of ``split``: (image bytes, labels, paths) per
-    row group, after ``plan``'s row filter. ``seed`` shuffles the row-group order (None:
-    file order). ``storage``: the AWS variables for an ``s3://`` split
-    (:func:`data.object_store.s3_settings`)."""
+    """(image bytes, labels, paths) of each ``(row group, start, stop)`` range of ``split``
+    (:func:`data.order.row_ranges`), in order, read by Petastorm. ``storage``: the AWS
+    variables for an ``s3://`` split (:func:`data.object_store.s3_settings`)."""
     from petastorm.arrow_reader_worker import ArrowReaderWorker
     from petastorm.fs_utils import get_filesystem_and_path_or_paths
     from petastorm.reader import Reader
 
+    if not ranges:
+        return
     fs, path = get_filesystem_and_path_or_paths(arrow_url(split.url),
                                                 filesystem=petastorm_filesystem(split.url, storage))
-    with Reader(fs, path, schema_fields=list(COLUMNS), worker_class=ArrowReaderWorker, reader_pool=InlinePool(),
-                seed=seed, shuffle_row_groups=seed is not None, num_epochs=1, cur_shard=plan.cur_shard,
-                shard_count=plan.shard_count, is_batched_reader=True) as reader:
-        for chunk in reader:
-            keep = plan.keep(chunk.path)
-            rows = (chunk.image, chunk.label, chunk.path) if keep is None else \
-                (chunk.image[keep], chunk.label[keep], chunk.path[keep])
-            if len(rows[1]):
-                yield rows[0], rows[1].astype(np.int64), rows[2]
+    with Reader(fs, path, schema_fields=list(COLUMNS), worker_class=ArrowReaderWorker,
+                reader_pool=InlinePool([g for g, _, _ in ranges]), shuffle_row_groups=False, num_epochs=1,
+                is_batched_reader=True) as reader:
+        for (group, start, stop), chunk in zip(ranges, reader):
+            if len(chunk.label) != split.group_rows[group]:
+                raise UserError(f"{split.url}: row group {group} holds {len(chunk.label)} rows, its footer said "
+                                f"{split.group_rows[group]} (files changed since the split was checked?)")
+            yield chunk.image[start:stop], chunk.label[start:stop].astype(np.int64), chunk.path[start:stop]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import inspect_split, make_loader
+from data.loader import ParquetImages, inspect_split, make_loader
 from data.manifest import split_url
-from data.order import shard_plan
+from data.order import row_ranges
 
 
 def eval_images(parquet, world_size: int, workers: int) -> list[tuple[int, str]]:
@@ -42,25 +42,42 @@ def test_eval_reads_every_image_exactly_once_for_any_ranks_and_workers(dataset, 
         assert sorted(eval_images(parquet, world_size, workers)) == reference, (world_size, workers)
 
 
-def test_shard_plan_covers_every_row_group_and_row_once():
-    paths = [f"class_{i % 5}/img_{i:05d}.jpg" for i in range(500)]
-    for total, row_groups in itertools.product(range(1, 13), range(1, 11)):
-        plans = [shard_plan(g, total, row_groups) for g in range(total)]
-        n = min(total, row_groups)
-        assert all(p.shard_count == n and p.row_groups >= 1 for p in plans)
-        assert sum(p.row_groups for p in plans if p.index == 0) == row_groups  # each Petastorm shard once
-        for cur in range(n):
-            sharing = [p for p in plans if p.cur_shard == cur]
-            assert sorted(p.index for p in sharing) == list(range(len(sharing)))
-            assert all(p.share == len(sharing) for p in sharing)
-            masks = [np.ones(len(paths), bool) if p.keep(paths) is None else p.keep(paths) for p in sharing]
-            assert (np.sum(masks, axis=0) == 1).all()  # every row owned by exactly one global shard
+def test_row_ranges_give_every_row_once_in_parts_equal_to_one_row():
+    rng = np.random.default_rng(0)
+    for row_groups, parts in itertools.product(range(1, 9), range(1, 13)):
+        group_rows = rng.integers(1, 40, row_groups).tolist()
+        order = rng.permutation(row_groups).tolist()
+        ranges = [row_ranges(group_rows, order, part, parts) for part in range(parts)]
+        rows = [(g, r) for part in ranges for g, start, stop in part for r in range(start, stop)]
+        assert sorted(rows) == [(g, r) for g in range(row_groups) for r in range(group_rows[g])]
+        sizes = [sum(stop - start for _, start, stop in part) for part in ranges]
+        assert max(sizes) - min(sizes) <= 1
+        walked = [g for part in ranges for g, _, _ in part]  # parts follow each other along the order
+        assert [g for i, g in enumerate(walked) if i == 0 or g != walked[i - 1]] == order
 
 
-def test_shard_plan_spreads_global_shards_evenly():
-    for total, row_groups in itertools.product(range(1, 13), range(1, 11)):
-        shares = [shard_plan(g, total, row_groups).share for g in range(total)]
-        assert max(shares) - min(shares) <= 1
+def test_a_train_epoch_draws_every_image_once_however_unequal_the_row_groups(tmp_path):
+    """Streams are equal row ranges of each pass, and a stream's buffer empties at the pass's
+    end: with steps_per_epoch = rows // global batch, no image is drawn twice in an epoch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sizes = [40, 3, 17, 4]  # row groups of very different sizes
+    n = sum(sizes)
+    table = pa.table({"image": pa.array([b"x"] * n, pa.binary()), "label": pa.array([0] * n, pa.int64()),
+                      "path": pa.array([f"c/{i:03d}.jpg" for i in range(n)], pa.string())})
+    (tmp_path / "train").mkdir()
+    with pq.ParquetWriter(tmp_path / "train" / "part-0.parquet", table.schema) as writer:
+        for start, size in zip(np.cumsum([0] + sizes), sizes):
+            writer.write_table(table.slice(start, size))
+    parquet = inspect_split(f"file://{tmp_path}/train", 1)
+    assert list(parquet.group_rows) == sizes
+    for streams, batch in ((4, 8), (2, 16), (8, 8)):
+        dataset = ParquetImages(parquet, rank=0, world_size=1, batch_size=batch, image_size=8, train=True,
+                                streams=streams, shuffle_rows=16)
+        per_stream = [dataset._stream(s) for s in range(streams)]
+        drawn = [path for _ in range(n // batch) for source in per_stream for path in next(source)[2]]
+        assert len(drawn) == len(set(drawn)) == n // batch * batch, (streams, batch)
 
 
 def take(parquet, n: int, skip: int = 0, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -104,18 +121,14 @@ def test_train_ranks_read_different_rows(seven_groups):
 
 
 
-def test_a_worker_shard_without_rows_is_a_one_line_user_error(one_group):
-    import pyarrow.parquet as pq
-
+def test_more_train_streams_than_rows_is_a_one_line_user_error(one_group):
     from data.errors import UserError
 
     data, manifest = one_group
     parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
-    paths = pq.read_table(split_url(data, "train")[len("file://"):], columns=["path"]).column("path").to_pylist()
-    world, workers = 50, 2  # 100 shards share the single row group's 84 rows: 16 own none
-    empty = next(g for g in range(world * workers) if not shard_plan(g, world * workers, 1).keep(paths).any())
+    world, workers = 50, 2  # 100 streams share the split's 84 rows: some would own none
     with pytest.raises(UserError) as caught:
-        take(parquet, 4, workers=workers, rank=empty // workers, world_size=world)  # batches of both workers
+        take(parquet, 4, workers=workers, rank=0, world_size=world)  # batches of both workers
     message = str(caught.value)
     assert "too few rows" in message and "\n" not in message and "Traceback" not in message
 
