@@ -35,6 +35,7 @@ import numpy as np
 
 from data.errors import UserError, cli
 from data.loader import RECORD_PATHS_ENV, ParquetImages
+from data.split_reader import RowGroupReader
 from data.order import DEFAULT_SHUFFLE_ROWS, check_streams, default_streams
 from data.object_store import arrow_url
 from data.rank_loaders import make_train_loader, open_split, train_steps_per_epoch
@@ -105,8 +106,9 @@ def loader_order(parquet, opts: OrderOptions, layout: Layout, streams: int, step
     dataset = ParquetImages(parquet, rank=0, world_size=opts.world_size, batch_size=opts.batch_size, image_size=1,
                             train=True, seed=opts.seed, epoch=epoch, shuffle_rows=opts.shuffle_rows,
                             streams=streams, workers=opts.workers)
-    sources = [dataset._stream(s) for s in range(streams)]
-    return np.array([[layout.index[p] for s in sources for p in next(s)[2]] for _ in range(steps)])
+    with RowGroupReader(parquet) as reader:
+        sources = [dataset._stream(s, reader) for s in range(streams)]
+        return np.array([[layout.index[p] for s in sources for p in next(s)[2]] for _ in range(steps)])
 
 
 def check_loader(data: str, opts: OrderOptions, layout: Layout, streams: int, expected: np.ndarray) -> None:

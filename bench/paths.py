@@ -148,18 +148,19 @@ def open_gpu_decoded(data: str, s: PathSettings, device: torch.device) -> Iterat
 
 def reader_rows_per_s(data: str, seconds: float) -> float:
     """Rows/s of the train split read alone (no decode) in one process, by Petastorm as the
-    loader reads it (:func:`data.split_reader.read_rows`, whole passes in seeded row-group
+    loader reads it (:class:`data.split_reader.RowGroupReader`, whole passes in seeded row-group
     orders): what Petastorm can feed a worker."""
     from data.manifest import Manifest, split_url
     from data.order import pass_order, row_ranges
-    from data.split_reader import read_rows
+    from data.split_reader import RowGroupReader
 
     parquet = inspect_split(split_url(data, "train"), Manifest.load(data).num_classes)
     rows, started = 0, time.perf_counter()
-    for pass_ in itertools.count():
-        ranges = row_ranges(parquet.group_rows, pass_order(parquet.row_groups, 0, 0, pass_), 0, 1)
-        for _, labels, _ in read_rows(parquet, ranges):
-            rows += len(labels)
-        if time.perf_counter() - started >= seconds:
-            return rows / (time.perf_counter() - started)
+    with RowGroupReader(parquet) as reader:
+        for pass_ in itertools.count():
+            for _, labels, _ in reader.rows(row_ranges(parquet.group_rows, pass_order(parquet.row_groups, 0, 0, pass_),
+                                                       0, 1)):
+                rows += len(labels)
+            if time.perf_counter() - started >= seconds:
+                return rows / (time.perf_counter() - started)
     raise AssertionError("unreachable")

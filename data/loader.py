@@ -7,26 +7,29 @@ strides), ``labels`` int64 ``[B]``; normalise on the device
 (:func:`data.gpu_decode.model_input`). With ``decode="gpu"`` ``images`` is a
 :class:`data.gpu_decode.JpegBatch` (the JPEG bytes with the same crop boxes and flips).
 
-Hand-off. Each train worker decodes its part of every step straight into a slot of a
-shared-memory ring made once by the rank (:class:`SlotRing`, ``PREFETCH + 2`` slots per
-worker), and sends only the slot's number and the labels; the rank copies the parts into
-the step's batch (pinned when CUDA pins) and frees the slots. No shared-memory file is
-made per batch, no file descriptor crosses a socket, and a step costs the rank one copy.
-Eval batches and JPEG batches travel in per-batch shared memory.
+Hand-off. Each train worker decodes its parts of several consecutive steps (at least
+``GROUP_IMAGES`` images) straight into one buffer of a shared-memory ring made once by the
+rank (:class:`SlotRing`, ``RING_PREFETCH + 2`` buffers per worker) and sends only the
+buffer's number and the labels; the rank copies each step's parts into its batch (pinned
+when CUDA pins) and frees the buffer after its last step. No shared-memory file is made
+per batch, no file descriptor crosses a socket, one message carries many images, and a
+step costs the rank one copy. Eval batches and JPEG batches travel in per-batch shared
+memory.
 
 Memory. A worker holds, beyond its fixed cost (code and imports, mostly pages shared with
 the fork server), for each stream it reads (train: the canonical streams it owns; eval:
 its one shard): the row group it is reading, twice (Petastorm's Arrow table and its rows
 as Python bytes) and the shuffle buffer (at most ``S`` plus one row group's rows, as
-encoded JPEG bytes); and its decoded parts in flight. With ``G`` the largest row group's
+encoded JPEG bytes); and its ring buffers. With ``G`` the largest row group's
 bytes, ``g`` its rows, ``r`` the largest encoded image, ``S`` ``shuffle_rows``
 (``DEFAULT_SHUFFLE_ROWS`` unless given, at least a stream's rows per step; eval: the
-batch size), ``B`` the rank's batch and ``s`` the output side, a rank's loader holds at
-most::
+batch size), ``p`` a worker's rows per step (the rank's batch ``B`` / workers), ``k =
+ceil(GROUP_IMAGES / p)`` and ``s`` the output side, a rank's loader holds at most::
 
-    streams x (2 x G + (S + g) x r) + (PREFETCH + 2) x B x 3 x s x s
+    streams x (2 x G + (S + g) x r) + workers x (RING_PREFETCH + 2) x k x p x 3 x s x s
 
-with ``streams`` = ``C / world_size`` for train and ``workers`` for eval, whatever the
+(eval: ``workers x PREFETCH x B x 3 x s x s`` in flight instead of the ring), with
+``streams`` = ``C / world_size`` for train and ``workers`` for eval, whatever the
 split's length or the number of passes (``tests/test_loader_memory.py`` holds a worker
 to it). A run resumed on fewer ranks owns more streams per rank, and holds more. From
 S3, add s3fs's read-ahead (:mod:`data.object_store`).
@@ -55,10 +58,12 @@ from data.gpu_decode import JpegBatch, jpeg_batch
 from data.object_store import s3_settings
 from data.order import (DEFAULT_SHUFFLE_ROWS, augment_key, augment_rng, batches_of, check_streams, default_streams,
                         mixed_rows, pass_order, row_ranges, worker_streams)
-from data.split_reader import ParquetSplit, inspect_split, read_rows
+from data.split_reader import ParquetSplit, RowGroupReader, inspect_split
 from data.transforms import Augment, decode_batch, eval_params, train_params
 
-PREFETCH = 4  # parts each worker may have in flight (DataLoader's prefetch_factor)
+PREFETCH = 4  # messages each worker may have in flight (DataLoader's prefetch_factor); the ring: RING_PREFETCH
+RING_PREFETCH = 2  # train messages in flight per worker, each GROUP_IMAGES images or more
+GROUP_IMAGES = 64  # a train message carries enough consecutive steps of a worker's part for this many images
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 RECORD_PATHS_ENV = "SPARKDP_RECORD_PATHS"  # set: train workers log each step's paths there (module docstring)
 
@@ -66,7 +71,7 @@ __all__ = ["Batches", "ParquetImages", "ParquetSplit", "inspect_split", "make_lo
 
 
 class Slot(NamedTuple):
-    """A decoded part waiting in the ring: ``rows`` images in ``slot`` of ``worker``."""
+    """Decoded parts waiting in the ring: ``slot`` of ``worker``, ``rows`` images a step."""
     worker: int
     slot: int
     rows: int
@@ -74,26 +79,29 @@ class Slot(NamedTuple):
 
 class SlotRing:
     """Shared memory for train parts, made once by the rank and inherited by its workers:
-    ``slots`` buffers of ``rows`` HWC images per worker, and per worker the count of parts
-    the rank has copied out. Worker ``w`` writes its ``j``-th part into slot ``j % slots``
-    once part ``j - slots`` is copied; with at most ``PREFETCH`` parts asked of a worker at
-    once, ``PREFETCH + 2`` slots never make it wait."""
+    per worker ``slots`` buffers, each ``steps`` consecutive steps of ``rows`` HWC images,
+    and the count of buffers the rank is done with. Worker ``w`` fills its ``j``-th buffer
+    in slot ``j % slots`` once its buffer ``j - slots`` is done; with at most
+    ``RING_PREFETCH`` messages asked of a worker at once, ``RING_PREFETCH + 2`` slots never
+    make it wait."""
 
-    def __init__(self, workers: int, rows: int, size: int, slots: int = PREFETCH + 2):
-        self.slots = slots
-        self.images = torch.empty((workers, slots, rows, size, size, 3), dtype=torch.uint8).share_memory_()
-        self.copied = torch.zeros(workers, dtype=torch.int64).share_memory_()
+    def __init__(self, workers: int, steps: int, rows: int, size: int, slots: int = RING_PREFETCH + 2):
+        self.slots, self.steps = slots, steps
+        self.images = torch.empty((workers, slots, steps, rows, size, size, 3), dtype=torch.uint8).share_memory_()
+        self.done = torch.zeros(workers, dtype=torch.int64).share_memory_()
 
-    def slot(self, worker: int, part: int) -> tuple[int, torch.Tensor]:
-        """In a worker: the slot for its ``part``-th part, once free, and its buffer."""
-        while part - int(self.copied[worker]) >= self.slots:
-            time.sleep(0.001)  # the rank has not copied part - slots yet
-        return part % self.slots, self.images[worker, part % self.slots]
+    def slot(self, worker: int, group: int) -> tuple[int, torch.Tensor]:
+        """In a worker: the slot for its ``group``-th buffer, once free, and the buffer."""
+        while group - int(self.done[worker]) >= self.slots:
+            time.sleep(0.001)  # the rank is not done with buffer group - slots yet
+        return group % self.slots, self.images[worker, group % self.slots]
 
-    def take(self, part: Slot, out: np.ndarray) -> None:
-        """In the rank: copy ``part`` into ``out`` (HWC rows) and free its slot."""
-        np.copyto(out, self.images[part.worker, part.slot, :part.rows].numpy())
-        self.copied[part.worker] += 1
+    def take(self, part: Slot, step: int, out: np.ndarray) -> None:
+        """In the rank: copy step ``step`` of ``part`` into ``out`` (HWC rows); the buffer's
+        last step frees it."""
+        np.copyto(out, self.images[part.worker, part.slot, step, :part.rows].numpy())
+        if step == self.steps - 1:
+            self.done[part.worker] += 1
 
 
 def _worker() -> tuple[int, int]:
@@ -142,53 +150,61 @@ class ParquetImages(IterableDataset):
         return max(len(worker_streams(self.streams, self.world_size, self.rank, w, workers))
                    for w in range(workers)) * self.stream_rows if per_rank else 0
 
-    def _stream(self, stream: int) -> Iterator[tuple]:
+    def _stream(self, stream: int, reader: RowGroupReader) -> Iterator[tuple]:
         """Train stream ``stream``: its rows for each step of the epoch, from step 0."""
         split = self.parquet
         if sum(split.group_rows) < self.streams:
             raise UserError(f"{split.url} has too few rows for {self.streams} train stream(s): "
                             "use fewer --streams (or ranks x loader workers), or more data")
-        passes = (mixed_rows(read_rows(split, row_ranges(split.group_rows, pass_order(split.row_groups, self.seed,
-                                                                                       self.epoch, pass_),
-                                                         stream, self.streams), self.storage),
+        passes = (mixed_rows(reader.rows(row_ranges(split.group_rows, pass_order(split.row_groups, self.seed,
+                                                                                  self.epoch, pass_),
+                                                    stream, self.streams)),
                              self.shuffle_rows, (self.seed, self.epoch, stream, pass_))
                   for pass_ in itertools.count())
         return batches_of(itertools.chain.from_iterable(passes), self.stream_rows)
 
     def __iter__(self):
         worker, workers = _worker()
-        if self.train:
-            yield from self._train_parts(worker_streams(self.streams, self.world_size, self.rank, worker, workers),
-                                         worker)
-            return
-        split = self.parquet
-        ranges = row_ranges(split.group_rows, range(split.row_groups), self.rank * workers + worker,
-                            self.world_size * workers)
-        center = [lambda width, height: eval_params(width, height, self.image_size)]
-        for raw, labels, _ in batches_of(read_rows(split, ranges, self.storage), self.batch_size):
-            yield self._decode(raw, center), labels
+        with RowGroupReader(self.parquet, self.storage) as reader:
+            if self.train:
+                streams = worker_streams(self.streams, self.world_size, self.rank, worker, workers)
+                yield from self._train_parts([self._stream(s, reader) for s in streams], streams, worker)
+                return
+            ranges = row_ranges(self.parquet.group_rows, range(self.parquet.row_groups), self.rank * workers + worker,
+                                self.world_size * workers)
+            center = [lambda width, height: eval_params(width, height, self.image_size)]
+            for raw, labels, _ in batches_of(reader.rows(ranges), self.batch_size):
+                yield self._decode(raw, center), labels
 
-    def _train_parts(self, streams: range, worker: int):
-        """This worker's part of each step: the streams' rows, decoded and augmented with
-        randomness keyed by (seed, epoch, stream, step), from step ``skip_batches`` on."""
-        sources = [self._stream(s) for s in streams]
-        for step in itertools.count():
-            chunks = [next(source) for source in sources]
-            if step < self.skip_batches:
-                continue  # a resumed epoch: the rows are taken, nothing is decoded
-            raw = np.concatenate([c[0] for c in chunks])
-            params = [functools.partial(train_params, rng=augment_rng(self.seed, self.epoch, s, step)) for s in streams]
-            part = step - self.skip_batches
-            slot, out = self.ring.slot(worker, part) if self.ring is not None else (None, None)
-            images = self._decode(raw, params, out)
-            if self.augment is not None:
-                for i, s in enumerate(streams):
-                    rows = slice(i * self.stream_rows, (i + 1) * self.stream_rows)
-                    self.augment(images[rows], augment_key(self.seed, self.epoch, s, step))
-            if self.record:
-                self._record(step, streams, chunks)
-            labels = np.concatenate([c[1] for c in chunks])
-            yield (Slot(worker, slot, len(raw)) if slot is not None else images), labels
+    def _train_parts(self, sources: list, streams: range, worker: int):
+        """This worker's part of each step, from step ``skip_batches`` on (the rows of the
+        steps before are taken, not decoded). With a ring, ``ring.steps`` consecutive steps
+        fill one buffer and travel as one message: (Slot, labels [steps, rows])."""
+        taken = ((step, [next(source) for source in sources]) for step in itertools.count())
+        todo = itertools.islice(taken, self.skip_batches, None)
+        if self.ring is None:
+            for step, chunks in todo:
+                yield self._train_step(step, chunks, streams)
+            return
+        for group in itertools.count():
+            slot, buffer = self.ring.slot(worker, group)
+            labels = [self._train_step(step, chunks, streams, buffer[i])[1]
+                      for i, (step, chunks) in enumerate(itertools.islice(todo, self.ring.steps))]
+            yield Slot(worker, slot, len(labels[0])), np.stack(labels)
+
+    def _train_step(self, step: int, chunks: list, streams: range, out: torch.Tensor | None = None):
+        """(images, labels) of this worker's part of ``step``: decoded (into ``out`` when given)
+        and augmented with randomness keyed by (seed, epoch, stream, step)."""
+        raw = np.concatenate([c[0] for c in chunks])
+        params = [functools.partial(train_params, rng=augment_rng(self.seed, self.epoch, s, step)) for s in streams]
+        images = self._decode(raw, params, out)
+        if self.augment is not None:
+            for i, s in enumerate(streams):
+                rows = slice(i * self.stream_rows, (i + 1) * self.stream_rows)
+                self.augment(images[rows], augment_key(self.seed, self.epoch, s, step))
+        if self.record:
+            self._record(step, streams, chunks)
+        return images, np.concatenate([c[1] for c in chunks])
 
     def _record(self, step: int, streams: range, chunks: list) -> None:
         with open(os.path.join(self.record, f"{os.getpid()}.jsonl"), "a") as f:
@@ -225,13 +241,17 @@ class Batches:
         self._parts = workers if dataset.train and workers > 1 else 1
         self._pin = pin_memory and torch.cuda.is_available()
         if dataset.train and workers and dataset.decode == "cpu":
-            dataset.ring = SlotRing(workers, dataset.part_rows(workers), dataset.image_size)
+            rows = dataset.part_rows(workers)
+            dataset.ring = SlotRing(workers, -(-GROUP_IMAGES // rows), rows, dataset.image_size)
+        self._group: list = []  # the ring's messages of the steps being handed out, one per worker
+        self._step = 0  # the next step of them
         # Our own generator: otherwise each new iterator draws its worker seed from the global
         # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
         init = functools.partial(wp.worker_init, os.environ.get(wp.STACKS_DIR_ENV), dataset.rank, os.getpid())
         self._loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                   pin_memory=pin_memory and dataset.ring is None and self._parts == 1,
-                                  prefetch_factor=PREFETCH if workers else None, generator=torch.Generator(),
+                                  prefetch_factor=(RING_PREFETCH if dataset.ring else PREFETCH) if workers else None,
+                                  generator=torch.Generator(),
                                   collate_fn=_as_is, multiprocessing_context=wp.worker_context() if workers else None,
                                   worker_init_fn=init if workers else None)
         with wp.main_hidden():
@@ -257,15 +277,19 @@ class Batches:
             raise UserError(last.split("UserError: ", 1)[-1]) from None
 
     def _from_ring(self) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.dataset.image_size
+        ring, size = self.dataset.ring, self.dataset.image_size
+        if not self._group:
+            self._group, self._step = [next(self._it) for _ in range(self._parts)], 0
         out = torch.empty((self.dataset.batch_size, size, size, 3), dtype=torch.uint8, pin_memory=self._pin)
-        rows, labels, at = out.numpy(), [], 0
-        for _ in range(self._parts):
-            part, part_labels = next(self._it)
-            self.dataset.ring.take(part, rows[at:at + part.rows])
+        rows, at = out.numpy(), 0
+        for part, _ in self._group:
+            ring.take(part, self._step, rows[at:at + part.rows])
             at += part.rows
-            labels.append(part_labels)
-        return out.permute(0, 3, 1, 2), self._labels(np.concatenate(labels))
+        labels = np.concatenate([labels[self._step] for _, labels in self._group])
+        self._step += 1
+        if self._step == ring.steps:
+            self._group = []
+        return out.permute(0, 3, 1, 2), self._labels(labels)
 
     def _labels(self, labels: np.ndarray) -> torch.Tensor:
         labels = torch.from_numpy(labels)

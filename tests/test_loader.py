@@ -16,6 +16,7 @@ import torch
 from data.loader import ParquetImages, inspect_split, make_loader
 from data.manifest import split_url
 from data.order import row_ranges
+from data.split_reader import RowGroupReader
 
 
 def eval_images(parquet, world_size: int, workers: int) -> list[tuple[int, str]]:
@@ -75,8 +76,9 @@ def test_a_train_epoch_draws_every_image_once_however_unequal_the_row_groups(tmp
     for streams, batch in ((4, 8), (2, 16), (8, 8)):
         dataset = ParquetImages(parquet, rank=0, world_size=1, batch_size=batch, image_size=8, train=True,
                                 streams=streams, shuffle_rows=16)
-        per_stream = [dataset._stream(s) for s in range(streams)]
-        drawn = [path for _ in range(n // batch) for source in per_stream for path in next(source)[2]]
+        with RowGroupReader(parquet) as reader:
+            per_stream = [dataset._stream(s, reader) for s in range(streams)]
+            drawn = [path for _ in range(n // batch) for source in per_stream for path in next(source)[2]]
         assert len(drawn) == len(set(drawn)) == n // batch * batch, (streams, batch)
 
 
@@ -134,8 +136,9 @@ def test_more_train_streams_than_rows_is_a_one_line_user_error(one_group):
 
 
 def test_train_parts_travel_through_a_shared_ring_that_waits_for_the_rank():
-    """A worker decodes its part straight into a slot of shared memory the rank made once;
-    the rank copies it out and frees the slot; a worker that runs a whole ring ahead waits."""
+    """A worker decodes its parts of consecutive steps straight into a buffer of shared
+    memory the rank made once; the rank copies each step out, and the last one frees the
+    buffer; a worker that runs a whole ring ahead waits for that."""
     import threading
 
     from data.loader import Slot, SlotRing
@@ -144,15 +147,16 @@ def test_train_parts_travel_through_a_shared_ring_that_waits_for_the_rank():
 
     jpeg = encode(noise(16, 12, seed=1), "JPEG")
     whole = lambda w, h: ((0, 0, w, h), False)  # noqa: E731
-    ring = SlotRing(workers=1, rows=2, size=8, slots=2)
-    assert ring.images.is_shared() and ring.copied.is_shared()
+    ring = SlotRing(workers=1, steps=2, rows=2, size=8, slots=2)
+    assert ring.images.is_shared() and ring.done.is_shared()
     slot, buffer = ring.slot(0, 0)
-    decoded = decode_batch([jpeg, jpeg], 8, whole, out=buffer)
-    assert torch.equal(decoded, decode_batch([jpeg, jpeg], 8, whole)) and decoded.data_ptr() == buffer.data_ptr()
-    ring.slot(0, 1)  # a second part: the ring has room
-    out = np.zeros((2, 8, 8, 3), dtype=np.uint8)
-    threading.Timer(0.3, ring.take, (Slot(0, slot, 2), out)).start()
+    decoded = decode_batch([jpeg, jpeg], 8, whole, out=buffer[1])
+    assert torch.equal(decoded, decode_batch([jpeg, jpeg], 8, whole)) and decoded.data_ptr() == buffer[1].data_ptr()
+    ring.slot(0, 1)  # a second buffer: the ring has room
+    first, second = np.zeros((2, 8, 8, 3), dtype=np.uint8), np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    ring.take(Slot(0, slot, 2), 0, first)  # step 0 of buffer 0: not free yet
+    threading.Timer(0.3, ring.take, (Slot(0, slot, 2), 1, second)).start()
     started = time.perf_counter()
-    assert ring.slot(0, 2)[0] == slot  # part 2 reuses part 0's slot, once the rank has copied part 0
+    assert ring.slot(0, 2)[0] == slot  # buffer 2 reuses buffer 0's slot, once its last step is copied
     assert time.perf_counter() - started >= 0.25
-    assert np.array_equal(out, decoded.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(second, decoded.permute(0, 2, 3, 1).numpy())

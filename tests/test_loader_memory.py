@@ -16,11 +16,12 @@ import os
 import numpy as np
 from PIL import Image
 
-from data.loader import PREFETCH, Batches, ParquetImages, inspect_split
+from data.loader import GROUP_IMAGES, RING_PREFETCH, Batches, ParquetImages, inspect_split
 from tests.parquet_sets import write_split
 
 ROW_GROUPS, ROWS_PER_GROUP, SIDE = 32, 12, 256  # 384 noise JPEGs of ~58 KB: 22 MB, 11 MB per worker
 WORKERS, BATCH, IMAGE_SIZE, SHUFFLE_ROWS = 2, 8, 16, 24
+PART = BATCH // WORKERS  # a worker's rows of each step
 ALLOWANCE = 4 * 2**20  # allocator slack: freed memory malloc and Arrow's pool keep for reuse
 
 
@@ -72,9 +73,9 @@ def test_a_worker_stays_within_its_memory_bound_and_an_unbounded_buffer_would_no
     write_split(str(tmp_path), "many", jpegs, labels, paths, ROWS_PER_GROUP, 3)
     one, many = (inspect_split(f"file://{tmp_path}/{split}", 3) for split in ("one", "many"))
     row_bytes = max(len(j) for j in jpegs)
-    # data.loader's bound on what a worker holds: 2 row groups, the shuffle buffer, its slots of decoded parts.
+    # data.loader's bound on what a worker holds: 2 row groups, the shuffle buffer, its ring buffers.
     bound = (2 * ROWS_PER_GROUP * row_bytes + (SHUFFLE_ROWS + ROWS_PER_GROUP) * row_bytes
-             + (PREFETCH + 2) * BATCH * 3 * IMAGE_SIZE ** 2 + ALLOWANCE)
+             + (RING_PREFETCH + 2) * -(-GROUP_IMAGES // PART) * PART * 3 * IMAGE_SIZE ** 2 + ALLOWANCE)
     assert sum(len(j) for j in jpegs) // WORKERS > bound  # each worker reads more than the bound
 
     # A worker's fixed cost (its code, imports, first use of each library): one row group read.

@@ -1,11 +1,14 @@
 """How a split is cut into Parquet files and row groups, and what was really written.
 
-Petastorm shards a data set by row group: each train stream (by default one per rank x
-loader worker, see data.loader) needs several row groups of its own, and a whole row
-group per stream sits in a worker's memory.
-So row groups are kept small (at most 8 MiB by default, and smaller for small splits:
-about ``TARGET_ROW_GROUPS`` per split, never under 1 MiB) and files moderate
-(at most ~128 MiB each, so many row groups per file). Sizes are estimated from the
+The loaders read whole row groups: each train stream and eval shard is a row range
+(data.order), and a row group on a range's boundary is read by both sides, so smaller
+row groups waste less reading and hold less memory per stream (a worker holds the row
+group it reads), while each costs Petastorm about a millisecond to open and parse.
+So row groups are about a 64th of a split (``TARGET_ROW_GROUPS``), between 1 and 8 MiB,
+and files moderate (at most ~128 MiB each, so many row groups per file). Measured with
+the loader as it reads now: 1 MiB row groups of 100 KB JPEGs read at ~7,900 rows/s in
+one process, 8 MiB ones at ~13,200, both several times what a core decodes (~600/s),
+and the loader ran within noise of each other on both. Sizes are estimated from the
 kept JPEG bytes; ``files_per_split`` / ``row_group_mb`` force them.
 """
 from __future__ import annotations
