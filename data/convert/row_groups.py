@@ -1,15 +1,15 @@
 """How a split is cut into Parquet files and row groups, and what was really written.
 
 The loaders read whole row groups: each train stream and eval shard is a row range
-(data.order), and a row group on a range's boundary is read by both sides, so smaller
-row groups waste less reading and hold less memory per stream (a worker holds the row
-group it reads), while each costs Petastorm about a millisecond to open and parse.
-So row groups are about a 64th of a split (``TARGET_ROW_GROUPS``), between 1 and 8 MiB,
-and files moderate (at most ~128 MiB each, so many row groups per file). Measured with
-the loader as it reads now: 1 MiB row groups of 100 KB JPEGs read at ~7,900 rows/s in
-one process, 8 MiB ones at ~13,200, both several times what a core decodes (~600/s),
-and the loader ran within noise of each other on both. Sizes are estimated from the
-kept JPEG bytes; ``files_per_split`` / ``row_group_mb`` force them.
+(data.order), and a row group on a range's boundary is read by both sides. Each row group
+costs Petastorm about a millisecond to open and parse; a worker holds the one it reads.
+Measured with the loader as it reads now, 100 KB JPEGs: 1 MiB row groups read at ~8,200
+rows/s in one process, 8 MiB ones at ~13,200, and the loader decoded 2-4% more images per
+CPU second from the larger ones. So row groups are about a 64th of a split
+(``TARGET_ROW_GROUPS``: small splits still split among many streams without reading a row
+group twice in full), between 4 and 8 MiB, and files moderate (at most ~128 MiB each, so
+many row groups per file). Sizes are estimated from the kept JPEG bytes;
+``files_per_split`` / ``row_group_mb`` force them.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 MIB = 2 ** 20
 FILE_TARGET_BYTES = 128 * MIB
 MAX_ROW_GROUP_BYTES = 8 * MIB
-MIN_ROW_GROUP_BYTES = 1 * MIB
+MIN_ROW_GROUP_BYTES = 4 * MIB
 TARGET_ROW_GROUPS = 64
 
 
