@@ -69,18 +69,20 @@ def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = Non
             # judged on the ratio as printed, so the report never says 1.00x "NOT met" against 1x
             ratio = round(measured[name]["images_per_s"] / measured[ref]["images_per_s"], 3)
             cpu = measured[name].get("images_per_cpu_s"), measured[ref].get("images_per_cpu_s")
-            checks.append({"goal": f"{name} >= {minimum:g}x {ref}", "ratio": ratio, "met": ratio >= minimum,
+            checks.append({"goal": f"{name} >= {minimum:g}x {ref}", "kind": "ratio", "name": name, "reference": ref,
+                           "minimum": minimum, "ratio": ratio, "met": ratio >= minimum,
                            "cpu_efficiency_ratio": round(cpu[0] / cpu[1], 3) if all(cpu) else None})
     for name, minimum in CORE_GOALS:
         if cores and paths.get(name, {}).get("cpu_cores_used"):
             share = round(paths[name]["cpu_cores_used"] / cores, 3)
-            checks.append({"goal": f"{name} keeps >= {minimum:g}x of {cores} cores busy", "ratio": share,
-                           "met": share >= minimum, "cpu_efficiency_ratio": None})
+            checks.append({"goal": f"{name} keeps >= {minimum:g}x of {cores} cores busy", "kind": "cores", "name": name,
+                           "reference": cores, "minimum": minimum, "ratio": share, "met": share >= minimum,
+                           "cpu_efficiency_ratio": None})
     for name, minimum in DIAGNOSTIC_GOALS:
         if (diagnostics or {}).get(name):
             ratio = round(diagnostics[name] / minimum, 3)
-            checks.append({"goal": f"{name} >= {minimum:g}", "ratio": ratio, "met": ratio >= 1,
-                           "cpu_efficiency_ratio": None})
+            checks.append({"goal": f"{name} >= {minimum:g}", "kind": "diagnostic", "name": name, "reference": None,
+                           "minimum": minimum, "ratio": ratio, "met": ratio >= 1, "cpu_efficiency_ratio": None})
     return checks
 
 
