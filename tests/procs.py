@@ -36,7 +36,7 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.hung_output = proc.communicate()  # what it printed before it was killed, for the report
         return None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -45,7 +45,9 @@ def completed(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> subprocess.
     """:func:`finish` in a test: a hang fails the test."""
     result = finish(proc, timeout)
     if result is None:
-        pytest.fail(f"no exit after {timeout} s (a hang?): {' '.join(proc.args)}")
+        out, err = proc.hung_output
+        pytest.fail(f"no exit after {timeout} s (a hang?): {' '.join(proc.args)}\n--- stdout tail\n{out[-3000:]}"
+                    f"\n--- stderr tail\n{err[-5000:]}")
     return result
 
 
