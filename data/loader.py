@@ -145,10 +145,9 @@ class ParquetImages(IterableDataset):
         return min(workers, self.streams // self.world_size) if self.train else workers
 
     def part_rows(self, workers: int) -> int:
-        """The most rows one worker's part of a train step holds."""
-        per_rank = self.streams // self.world_size
-        return max(len(worker_streams(self.streams, self.world_size, self.rank, w, workers))
-                   for w in range(workers)) * self.stream_rows if per_rank else 0
+        """The most rows one worker's part of a train step holds: its streams are a contiguous
+        run of the rank's (:func:`data.order.worker_streams`), at most ceil(streams / workers)."""
+        return -(-(self.streams // self.world_size) // workers) * self.stream_rows
 
     def _stream(self, stream: int, reader: RowGroupReader) -> Iterator[tuple]:
         """Train stream ``stream``: its rows for each step of the epoch, from step 0."""
