@@ -113,16 +113,25 @@ def eval_params(width: int, height: int, size: int) -> tuple[Box, bool]:
 def crop_resize(image: torch.Tensor, box: Box, flip: bool, size: int) -> torch.Tensor:
     """Crop ``box`` out of a CHW uint8 image, resize to size x size (bilinear, antialiased),
     flip if asked; on any device. Returns CHW uint8."""
-    left, top, right, bottom = box
-    # A dense channels_last crop: the resize is ~2x faster on it and its output is laid out
-    # HWC, so copying it into the batch is a plain memcpy rather than a transpose.
-    x = image[:, top:bottom, left:right].unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    x = _crop(image, box)
     if x.device.type == "cpu":  # uint8 has a fast antialiased kernel on CPU only
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     else:
         y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         y = y.round_().clamp_(0, 255).to(torch.uint8)
     return y[0].flip(-1) if flip else y[0]
+
+
+def _crop(image: torch.Tensor, box: Box) -> torch.Tensor:
+    """``box`` of a CHW image as a dense channels_last ``[1, 3, h, w]``: the resize is ~2x
+    faster on it, and its output is laid out HWC, as batches are."""
+    left, top, right, bottom = box
+    return image[:, top:bottom, left:right].unsqueeze(0).contiguous(memory_format=torch.channels_last)
+
+
+# F.interpolate's own kernel for bilinear + antialias, called with an output tensor: the
+# resize writes straight into the batch (same pixels, no copy, no argument checks per image).
+_resize_into = torch.ops.aten._upsample_bilinear2d_aa.out
 
 
 def _pixels(data: bytes, width: int, height: int, box: Box, size: int) -> tuple[torch.Tensor, Box]:
@@ -146,7 +155,10 @@ def decode_into(data: bytes, size: int, params: Callable[[int, int], tuple[Box, 
     width, height = image_size(data)
     box, flip = params(width, height)
     pixels, box = _pixels(data, width, height, box, size)
-    out.copy_(crop_resize(pixels, box, flip, size).permute(1, 2, 0))
+    if flip:
+        out.copy_(crop_resize(pixels, box, True, size).permute(1, 2, 0))
+    else:
+        _resize_into(_crop(pixels, box), [size, size], False, out=out.permute(2, 0, 1).unsqueeze(0))
 
 
 def decode_crop(data: bytes, size: int, params: Callable[[int, int], tuple[Box, bool]]) -> torch.Tensor:
