@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from data.errors import UserError, cli
+from data.progress import progress_bar
 
 
 def class_style(k: int, num_classes: int) -> tuple[np.ndarray, float]:
@@ -48,7 +48,7 @@ def generate(out: str, classes: int = 4, per_class: int = 50, width: int = 512, 
     names = [f"class_{k:02d}" for k in range(classes)]
     rng = np.random.default_rng(seed)
     total = classes * per_class
-    with tqdm(total=total, desc="synthetic", unit="img", disable=not progress) as bar:
+    with progress_bar(total=total, desc="synthetic", unit="img", disable=not progress) as bar:
         for k, name in enumerate(names):
             os.makedirs(os.path.join(out, name), exist_ok=True)
             for i in range(per_class):
