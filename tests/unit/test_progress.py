@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import data.progress as progress
 
@@ -39,9 +37,3 @@ def test_a_terminal_gets_tqdms_redrawn_bar():
     with progress.progress_bar(total=3, file=screen) as bar:
         bar.update(3)
     assert "\r" in screen.getvalue() and "|" in screen.getvalue()
-
-
-def test_a_command_writing_to_a_pipe_logs_lines_not_frames(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "data.synthetic", "--out", str(tmp_path / "img"), "--classes", "2",
-                             "--per-class", "30", "--size", "32x24"], capture_output=True, text=True, check=True)
-    assert "\r" not in result.stderr and result.stderr.splitlines()[-1].startswith("synthetic: 60/60"), result.stderr
