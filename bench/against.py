@@ -95,22 +95,22 @@ def _last_line(text: str) -> str:
 class Measurement:
     """One call: one round of the revision's ``project`` path, in its worktree ``tree``."""
 
-    def __init__(self, revision: Revision, tree: str, a: BenchOptions, log=lambda _: None) -> None:
-        self.revision, self.tree, self.a, self.log = revision, tree, a, log
+    def __init__(self, revision: Revision, tree: str, opts: BenchOptions, log=lambda _: None) -> None:
+        self.revision, self.tree, self.opts, self.log = revision, tree, opts, log
         self.work = f"{tree}.work"  # its conversion and outputs, beside the worktree
         self.calls = 0
 
     def __call__(self) -> Rate:
         self.calls += 1
-        a, converted = self.a, os.path.join(self.work, "data")
+        opts, converted = self.opts, os.path.join(self.work, "data")
         if self.calls == 1:
             self.log(f"{self.revision.path}: its benchmark converts the images first (not timed) ...")
         out = os.path.join(self.work, f"round-{self.calls}.json")
         source = ["--data", converted] if os.path.isfile(os.path.join(converted, "manifest.json")) else [
             "--work", self.work]
-        cmd = [sys.executable, "-m", self.revision.module, "--images", os.path.abspath(a.images), "--out-json", out,
-               *source, "--paths", "project", "--rounds", "1", "--seconds", f"{a.seconds:g}",
-               "--workers", str(a.workers), "--batch-size", str(a.batch_size), "--image-size", str(a.image_size)]
+        cmd = [sys.executable, "-m", self.revision.module, "--images", os.path.abspath(opts.images), "--out-json", out,
+               *source, "--paths", "project", "--rounds", "1", "--seconds", f"{opts.seconds:g}",
+               "--workers", str(opts.workers), "--batch-size", str(opts.batch_size), "--image-size", str(opts.image_size)]
         done = subprocess.run(cmd, cwd=self.tree, env={**os.environ, "PYTHONPATH": self.tree},
                               capture_output=True, text=True)
         if done.returncode:

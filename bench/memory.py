@@ -103,20 +103,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=float, default=0.2, help="seconds between samples (default 0.2)")
     p.add_argument("--json", help="write every process's numbers here")
     p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="-- then trainer.train's arguments")
-    a = p.parse_args(argv)
-    args = a.trainer_args[1:] if a.trainer_args[:1] == ["--"] else a.trainer_args
+    opts = p.parse_args(argv)
+    args = opts.trainer_args[1:] if opts.trainer_args[:1] == ["--"] else opts.trainer_args
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                             str(a.nproc), "-m", "trainer.train", *args])
+                             str(opts.nproc), "-m", "trainer.train", *args])
     seen: dict[int, dict] = {}
     started = time.monotonic()
     while proc.poll() is None:
         sample(proc.pid, seen)
-        time.sleep(a.every)
+        time.sleep(opts.every)
     classify(proc.pid, seen)
     print(f"exit {proc.returncode} after {time.monotonic() - started:.0f} s")
     report(seen)
-    if a.json:
-        with open(a.json, "w") as f:
+    if opts.json:
+        with open(opts.json, "w") as f:
             json.dump(seen, f, indent=1)
     raise SystemExit(proc.returncode)
 

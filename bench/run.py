@@ -53,15 +53,15 @@ def _timed_convert(images: str, out: str, spark, max_side: int | None) -> tuple[
                  "stage_seconds": manifest.stats.get("stage_seconds", {})}
 
 
-def _convert_beside_ceiling(a: BenchOptions, out: str, spark) -> tuple[str, dict, dict]:
+def _convert_beside_ceiling(opts: BenchOptions, out: str, spark) -> tuple[str, dict, dict]:
     """``data.convert`` timed between two halves of its ceiling (cores x one core running the
     same per-file check on the same files in memory), so both see the same background load.
     Both also count CPU seconds (the conversion's: the driver, Spark's JVM and its Python
     workers): images per CPU second compare them where other jobs share the machine."""
-    blobs = bm.read_sample(a.images)
-    check = partial(bm.ceiling_rate, bm.convert_checker(DEFAULT_QUALITY, None), blobs, max(0.5, a.seconds / 2))
+    blobs = bm.read_sample(opts.images)
+    check = partial(bm.ceiling_rate, bm.convert_checker(DEFAULT_QUALITY, None), blobs, max(0.5, opts.seconds / 2))
     before = check()
-    data, speed = _timed_convert(a.images, out, spark, None)
+    data, speed = _timed_convert(opts.images, out, spark, None)
     after = check()
     ceiling = {"images_per_s": round((before.images_per_s + after.images_per_s) / 2, 1),
                "images_per_s_one_core": round((before.images_per_s + after.images_per_s) / 2 / bm.cores(), 1),
@@ -80,27 +80,27 @@ def _manifest_speed(data: str) -> dict:
                              "from_manifest": True}}
 
 
-def _to_convert(a: BenchOptions, wanted: list[str]) -> tuple[bool, bool]:
+def _to_convert(opts: BenchOptions, wanted: list[str]) -> tuple[bool, bool]:
     """Whether the Parquet data set and its resized copy must be converted here: wanted
     by a path and not given."""
-    return (not a.data and any(p in wanted for p in ("project", "project_gpu_decode")),
-            not a.data_resized and "project_resized" in wanted)
+    return (not opts.data and any(p in wanted for p in ("project", "project_gpu_decode")),
+            not opts.data_resized and "project_resized" in wanted)
 
 
-def _data_sets(a: BenchOptions, spark, work: str, wanted: list[str]) -> tuple[str | None, str | None, dict]:
+def _data_sets(opts: BenchOptions, spark, work: str, wanted: list[str]) -> tuple[str | None, str | None, dict]:
     """The Parquet data set and its resized copy (converted here unless given or not needed)."""
-    conversion, data, resized = {}, a.data, a.data_resized
-    convert_data, convert_resized = _to_convert(a, wanted)
+    conversion, data, resized = {}, opts.data, opts.data_resized
+    convert_data, convert_resized = _to_convert(opts, wanted)
     if data:
         conversion.update(_manifest_speed(data))
     elif convert_data:
-        _log(f"converting {a.images} with data.convert, beside its ceiling ...")
+        _log(f"converting {opts.images} with data.convert, beside its ceiling ...")
         data, conversion["data.convert"], conversion[CONVERT_CEILING] = _convert_beside_ceiling(
-            a, os.path.join(work, "data"), spark)
+            opts, os.path.join(work, "data"), spark)
     if convert_resized:
-        _log(f"converting {a.images} with data.convert --max-side {RESIZED_SIDE} ...")
+        _log(f"converting {opts.images} with data.convert --max-side {RESIZED_SIDE} ...")
         resized, conversion[f"data.convert --max-side {RESIZED_SIDE}"] = _timed_convert(
-            a.images, os.path.join(work, f"data_{RESIZED_SIDE}"), spark, RESIZED_SIDE)
+            opts.images, os.path.join(work, f"data_{RESIZED_SIDE}"), spark, RESIZED_SIDE)
     return data, resized, conversion
 
 
@@ -130,45 +130,45 @@ def _machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def run(a: BenchOptions, spark=None) -> dict:
+def run(opts: BenchOptions, spark=None) -> dict:
     """Measure the paths ``a`` asks for; write the outputs and return the result dict."""
-    if not os.path.isdir(a.images):
-        raise UserError(f"--images {a.images} is not a folder")
-    revision = _against(a)
-    wanted = list(a.paths)  # project_gpu_decode is in the default only on CUDA (bench.options.default_paths)
-    s = bp.PathSettings(workers=a.workers, batch_size=a.batch_size, image_size=a.image_size,
+    if not os.path.isdir(opts.images):
+        raise UserError(f"--images {opts.images} is not a folder")
+    revision = _against(opts)
+    wanted = list(opts.paths)  # project_gpu_decode is in the default only on CUDA (bench.options.default_paths)
+    s = bp.PathSettings(workers=opts.workers, batch_size=opts.batch_size, image_size=opts.image_size,
                     pin_memory=torch.cuda.is_available())
     from data.spark import spark_session
 
-    session_or_none = spark_session(spark) if _needs_spark(a, wanted) else contextlib.nullcontext(spark)
-    with session_or_none as session, _workdir(a.work) as work, ba.checked_out(revision, work) as tree:
+    session_or_none = spark_session(spark) if _needs_spark(opts, wanted) else contextlib.nullcontext(spark)
+    with session_or_none as session, _workdir(opts.work) as work, ba.checked_out(revision, work) as tree:
         if session is not None:
-            _warm_up(session, a.images)
-        data, resized, conversion = _data_sets(a, session, work, wanted)
+            _warm_up(session, opts.images)
+        data, resized, conversion = _data_sets(opts, session, work, wanted)
         converter = None
         if "petastorm_converter" in wanted:
             _log("converting with Petastorm's make_spark_converter ...")
             t0 = time.perf_counter()
-            converter = bp.make_petastorm_converter(session, a.images, os.path.join(work, "petastorm_cache"))
+            converter = bp.make_petastorm_converter(session, opts.images, os.path.join(work, "petastorm_cache"))
             seconds = time.perf_counter() - t0
             conversion["make_spark_converter"] = {"images": len(converter), "seconds": round(seconds, 2),
                                                   "images_per_s": round(len(converter) / seconds, 1)}
         try:
-            against = ba.Measurement(revision, tree, a, _log) if revision else None
-            result = _measure(a, s, _openers(a, s, wanted, data, resized, converter), data, resized, against)
+            against = ba.Measurement(revision, tree, opts, _log) if revision else None
+            result = _measure(opts, s, _openers(opts, s, wanted, data, resized, converter), data, resized, against)
         finally:
             if converter is not None:
                 converter.delete()
     result["conversion"] = conversion
     result["goals"] = goal_checks(result["paths"], conversion, bm.cores(), result["diagnostics"])
-    result["settings"] = {**asdict(a), "data": data, "data_resized": resized}
-    print(write_outputs(result, a.out_json), flush=True)
+    result["settings"] = {**asdict(opts), "data": data, "data_resized": resized}
+    print(write_outputs(result, opts.out_json), flush=True)
     return result
 
 
-def _openers(a: BenchOptions, s: bp.PathSettings, wanted: list[str], data: str | None, resized: str | None,
+def _openers(opts: BenchOptions, s: bp.PathSettings, wanted: list[str], data: str | None, resized: str | None,
              converter) -> dict[str, bm.Opener]:
-    every = {"raw_files": lambda: partial(bp.open_raw_files, a.images, s),
+    every = {"raw_files": lambda: partial(bp.open_raw_files, opts.images, s),
              "petastorm_converter": lambda: partial(bp.open_petastorm_converter, converter, s),
              "project": lambda: partial(bp.open_project, data, s),
              "project_resized": lambda: partial(bp.open_project, resized, s),
@@ -176,48 +176,48 @@ def _openers(a: BenchOptions, s: bp.PathSettings, wanted: list[str], data: str |
     return {name: make() for name, make in every.items() if name in wanted}
 
 
-def _against(a: BenchOptions) -> ba.Revision | None:
+def _against(opts: BenchOptions) -> ba.Revision | None:
     """``--against REV``, checked before anything starts; it compares the project path."""
-    if a.against is None:
+    if opts.against is None:
         return None
-    if "project" not in a.paths:
+    if "project" not in opts.paths:
         raise UserError("--against compares the project path: name project in --paths")
-    return ba.resolve(a.against)
+    return ba.resolve(opts.against)
 
 
-def _measure(a: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opener], data: str | None,
+def _measure(opts: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opener], data: str | None,
              resized: str | None, against: ba.Measurement | None = None) -> dict[str, Any]:
     """The paths, the ceilings and ``against`` (another revision's project path), in interleaved rounds."""
-    warmup_batches, warmup_s = 2 * max(1, s.workers), min(3.0, max(0.5, a.seconds / 4))
-    measure = {name: partial(bm.stream_rate, fn, a.seconds, warmup_batches, warmup_s) for name, fn in openers.items()}
+    warmup_batches, warmup_s = 2 * max(1, s.workers), min(3.0, max(0.5, opts.seconds / 4))
+    measure = {name: partial(bm.stream_rate, fn, opts.seconds, warmup_batches, warmup_s) for name, fn in openers.items()}
     if against is not None:
         measure[against.revision.path] = against
-    if "decode_ceiling" in a.paths:
-        blobs = bm.read_sample(a.images)
-        measure["decode_ceiling"] = partial(bm.ceiling_rate, bm.reference_decoder(s.image_size), blobs, a.seconds)
+    if "decode_ceiling" in opts.paths:
+        blobs = bm.read_sample(opts.images)
+        measure["decode_ceiling"] = partial(bm.ceiling_rate, bm.reference_decoder(s.image_size), blobs, opts.seconds)
         measure["decode_ceiling_project"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size), blobs,
-                                                    a.seconds)
+                                                    opts.seconds)
         if "project_resized" in openers:
             measure["decode_ceiling_resized"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size),
-                                                        bm.read_parquet_sample(resized), a.seconds)
-    paths = path_table(bm.median_rates(measure, a.rounds, _log), bm.cores())
+                                                        bm.read_parquet_sample(resized), opts.seconds)
+    paths = path_table(bm.median_rates(measure, opts.rounds, _log), bm.cores())
     result: dict[str, Any] = {"machine": _machine(), "paths": paths, "goals": [], "diagnostics": {}}
     if against is not None:
         result["against"] = ba.summary(against.revision, paths)
     if data:
         _log("timing the Petastorm reader alone ...")
         result["diagnostics"]["petastorm_reader_rows_per_s_one_process"] = round(
-            bp.reader_rows_per_s(data, min(a.seconds, 5.0)), 1)
-    if a.train_step:
+            bp.reader_rows_per_s(data, min(opts.seconds, 5.0)), 1)
+    if opts.train_step:
         from bench.train_step import train_step_rates
 
-        _log(f"training steps ({a.model}) fed by each path ...")
-        classes = len(bp.class_names(a.images))
+        _log(f"training steps ({opts.model}) fed by each path ...")
+        classes = len(bp.class_names(opts.images))
         if "project_gpu_decode" in openers:  # JPEG batches, decoded one batch ahead of the step, as the trainer does
             openers = {**openers, "project_gpu_decode": partial(bp.open_project, data, s, "gpu")}
         result["train_step"] = mark_train_goal(train_step_rates(
-            openers, model=a.model, num_classes=classes, batch_size=s.batch_size, size=s.image_size, device=_device(),
-            seconds=a.seconds, warmup_s=warmup_s, precision=a.precision, compile_=a.compile))
+            openers, model=opts.model, num_classes=classes, batch_size=s.batch_size, size=s.image_size, device=_device(),
+            seconds=opts.seconds, warmup_s=warmup_s, precision=opts.precision, compile_=opts.compile))
     return result
 
 
@@ -225,10 +225,10 @@ def _device() -> torch.device:
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _needs_spark(a: BenchOptions, wanted: list[str]) -> bool:
+def _needs_spark(opts: BenchOptions, wanted: list[str]) -> bool:
     """Spark converts what was not given and runs ``petastorm_converter``; with ``--data`` and
     ``--data-resized`` the other paths run where there is no Spark (a GPU node, say)."""
-    return any(_to_convert(a, wanted)) or "petastorm_converter" in wanted
+    return any(_to_convert(opts, wanted)) or "petastorm_converter" in wanted
 
 
 @contextlib.contextmanager

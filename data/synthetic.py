@@ -83,9 +83,9 @@ class SyntheticOptions:
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = settings_parser(SyntheticOptions, prog="python -m data.synthetic", description=__doc__.split("\n")[0])
-    a = SyntheticOptions(**vars(parser.parse_args(argv)))
-    generate(a.out, a.classes, a.per_class, *a.size, seed=a.seed, progress=a.progress)
-    print(f"wrote {a.classes * a.per_class} images in {a.classes} classes to {a.out}")
+    opts = SyntheticOptions(**vars(parser.parse_args(argv)))
+    generate(opts.out, opts.classes, opts.per_class, *opts.size, seed=opts.seed, progress=opts.progress)
+    print(f"wrote {opts.classes * opts.per_class} images in {opts.classes} classes to {opts.out}")
 
 
 if __name__ == "__main__":

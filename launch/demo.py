@@ -115,8 +115,8 @@ def print_where(res: dict) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> dict:
-    a = DemoOptions(**vars(build_parser().parse_args(argv)))
-    res = run_demo(os.path.abspath(a.out), a.classes, a.per_class, a.nproc, a.epochs, a.steps_per_epoch)
+    opts = DemoOptions(**vars(build_parser().parse_args(argv)))
+    res = run_demo(os.path.abspath(opts.out), opts.classes, opts.per_class, opts.nproc, opts.epochs, opts.steps_per_epoch)
     print_where(res)
     return res
 

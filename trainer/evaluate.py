@@ -143,25 +143,25 @@ def log_to_run(checkpoint: str, res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Evaluate; returns the results dict on rank 0 (None on other ranks)."""
-    a = EvaluateOptions(**vars(build_parser().parse_args(argv)))
+    opts = EvaluateOptions(**vars(build_parser().parse_args(argv)))
     dist = compute_init()
     try:
-        sums, context = score(a.checkpoint, a.data, a.split, dist, batch_size=a.batch_size, workers=a.workers,
-                              image_size=a.image_size, precision=a.precision)
+        sums, context = score(opts.checkpoint, opts.data, opts.split, dist, batch_size=opts.batch_size, workers=opts.workers,
+                              image_size=opts.image_size, precision=opts.precision)
         if not dist.is_main:
             return None
-        png = a.confusion or default_confusion_path(a.checkpoint, a.split, a.json)
-        title = f"{context['split']}: {os.path.basename(a.checkpoint)} on {a.data}"
+        png = opts.confusion or default_confusion_path(opts.checkpoint, opts.split, opts.json)
+        title = f"{context['split']}: {os.path.basename(opts.checkpoint)} on {opts.data}"
         write_confusion_png(sums.confusion, context["classes"], png, title)
         res = report(sums, context, png)
         print_report(res)
-        if a.json:
-            os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-            with open(a.json, "w") as f:
+        if opts.json:
+            os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
+            with open(opts.json, "w") as f:
                 json.dump(res, f, indent=2)
-            print(f"json: {os.path.abspath(a.json)}", flush=True)
-        if a.log_to_run:
-            log_to_run(a.checkpoint, res)
+            print(f"json: {os.path.abspath(opts.json)}", flush=True)
+        if opts.log_to_run:
+            log_to_run(opts.checkpoint, res)
         return res
     finally:
         compute_cleanup()

@@ -67,8 +67,8 @@ def predict(checkpoint: str, images: list[str], top_k: int = 5,
 
 def main(argv: list[str] | None = None) -> dict[str, list[tuple[str, float]]]:
     """Print and return the top-k predictions for every image given."""
-    a = PredictFilesOptions(**vars(build_parser().parse_args(argv)))
-    results = predict(a.checkpoint, a.images, a.top_k, a.image_size)
+    opts = PredictFilesOptions(**vars(build_parser().parse_args(argv)))
+    results = predict(opts.checkpoint, opts.images, opts.top_k, opts.image_size)
     for path, ranked in results.items():
         print(path)
         width = max(len(name) for name, _ in ranked)
