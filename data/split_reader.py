@@ -49,9 +49,13 @@ def file_dataset(sources: Sequence[str]):
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
-    fs, _ = pafs.FileSystem.from_uri(arrow_url(sources[0]))
-    return ds.dataset([pafs.FileSystem.from_uri(arrow_url(u))[1] for u in sources], filesystem=fs,
-                      format="parquet", exclude_invalid_files=False)
+    urls = [arrow_url(u) for u in sources]
+    if urls[0].startswith("file://"):  # (from_uri refuses a path with a space in it)
+        fs, first = pafs.LocalFileSystem(), urls[0][len("file://"):]
+    else:
+        fs, first = pafs.FileSystem.from_uri(urls[0])
+    scheme = urls[0][:len(urls[0]) - len(first)]  # "s3://", "file://": the same for every file
+    return ds.dataset([u[len(scheme):] for u in urls], filesystem=fs, format="parquet", exclude_invalid_files=False)
 
 
 def open_split(data: str, split: str = "train", manifest: Manifest | None = None) -> ParquetSplit:

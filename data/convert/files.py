@@ -17,6 +17,8 @@ from typing import IO
 from data.errors import UserError
 from data.object_store import arrow_url, is_s3, problem, s3fs_filesystem
 
+WRITE_PART = 16 * 2**20
+
 
 def join(base: str, rel: str) -> str:
     """``base/rel`` for a folder or a URL (``rel`` uses ``/``)."""
@@ -30,7 +32,9 @@ def _key(url: str) -> str:
 def open_file(path: str, mode: str, storage: dict[str, str] | None) -> IO[bytes]:
     """``open(path, mode)`` for a local path, a ``file:`` URL or an S3 URL; writing makes folders."""
     if is_s3(path):
-        return s3fs_filesystem(storage or {}).open(_key(path), mode)
+        # Writes upload in parts of this size (S3's minimum is 5 MiB); reads take s3fs's read-ahead.
+        size = {"block_size": WRITE_PART} if "w" in mode else {}
+        return s3fs_filesystem(storage or {}).open(_key(path), mode, **size)
     path = path.removeprefix("file://") if path.startswith("file://") else path.removeprefix("file:")
     if "w" in mode:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
