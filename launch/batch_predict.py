@@ -55,7 +55,7 @@ class PredictOptions:
     model: str = setting(metavar="URI|FILE", help="MLflow model URI (runs:/ID/model, models:/NAME/VERSION, a model "
                                                   "folder) or a checkpoint file written by trainer.train")
     input: str = setting(metavar="DIR|URL", help="image folder, or a split folder written by data.convert "
-                                                 "(local, or s3://bucket/dataset/test)")
+                                                 "(local, or in S3: s3://bucket/images, s3://bucket/dataset/test)")
     out: str = setting(metavar="DIR", help="Parquet folder to create")
     master: str = setting("local[*]", metavar="URL", help="Spark master; the same command runs on a cluster")
     batch_size: int = setting(64, minimum=1, metavar="N", help="images per batch inside a task")
