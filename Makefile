@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test unit clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
+
+unit: $(STAMP)  # the pure parts only (tests/unit): seconds
+	$(PY) -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

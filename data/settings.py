@@ -50,6 +50,7 @@ class Spec:
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None  # command-line text -> value (default: by the type)
     repeat: bool = False          # a list of values: ``--name A B --name C`` gives [A, B, C]
+    positional: bool = False      # given without an option name (with repeat: one or more values)
     doc: str | None = None        # the default as the docs state it, where the value does not say it
 
 
@@ -79,6 +80,8 @@ class Declared:
     @property
     def option(self) -> str:
         """The command-line option: ``--image-size``, or ``--no-progress`` for a bool that defaults to True."""
+        if self.spec.positional:
+            return self.spec.metavar or self.name.upper()
         stem = self.name.replace("_", "-")
         return f"--no-{stem}" if self.kind is bool and self.field.default is True else f"--{stem}"
 
@@ -124,6 +127,10 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> argparse.Argumen
         if s.kind is bool:
             parser.add_argument(s.option, dest=s.name, action="store_false" if s.field.default else "store_true",
                                 default=argparse.SUPPRESS, help=s.spec.help)
+            continue
+        if s.spec.positional:
+            parser.add_argument(s.name, nargs="+" if s.spec.repeat else None, type=s.spec.parse or PARSERS.get(s.kind, str),
+                                metavar=s.spec.metavar, help=s.spec.help)
             continue
         extra: dict[str, Any] = {"nargs": "+", "action": "extend"} if s.spec.repeat else {}
         parser.add_argument(s.option, dest=s.name, type=s.spec.parse or PARSERS.get(s.kind, str), choices=s.spec.choices,

@@ -11,12 +11,15 @@ import argparse
 import colorsys
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from data.errors import UserError, cli
+from data.errors import cli
+from data.settings import build_parser as settings_parser
+from data.progress import progress_bar
+from data.settings import check_settings, setting
 
 
 def class_style(k: int, num_classes: int) -> tuple[np.ndarray, float]:
@@ -43,12 +46,10 @@ def make_image(k: int, num_classes: int, width: int, height: int, rng: np.random
 def generate(out: str, classes: int = 4, per_class: int = 50, width: int = 512, height: int = 384,
              seed: int = 0, quality: int = 90, progress: bool = True) -> list[str]:
     """Write the data set under ``out`` and return the class folder names."""
-    if classes < 2 or per_class < 1:
-        raise UserError("--classes must be >= 2 and --per-class >= 1")
     names = [f"class_{k:02d}" for k in range(classes)]
     rng = np.random.default_rng(seed)
     total = classes * per_class
-    with tqdm(total=total, desc="synthetic", unit="img", disable=not progress) as bar:
+    with progress_bar(total=total, desc="synthetic", unit="img", disable=not progress) as bar:
         for k, name in enumerate(names):
             os.makedirs(os.path.join(out, name), exist_ok=True)
             for i in range(per_class):
@@ -66,17 +67,24 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
 
 
+@dataclass
+class SyntheticOptions:
+    out: str = setting(metavar="DIR", help="folder to write <class>/<image>.jpg into")
+    classes: int = setting(4, minimum=2, metavar="N", help="classes (folders)")
+    per_class: int = setting(50, minimum=1, metavar="N", help="images per class")
+    size: tuple = setting((512, 384), parse=_size, metavar="WxH", doc="512x384", help="image width x height")
+    seed: int = setting(0, metavar="N", help="the images drawn")
+    progress: bool = setting(True, help="no progress bar")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="folder to write <class>/<image>.jpg into")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--per-class", type=int, default=50)
-    p.add_argument("--size", type=_size, default=(512, 384), help="WIDTHxHEIGHT (default 512x384)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    generate(a.out, a.classes, a.per_class, *a.size, seed=a.seed, progress=not a.no_progress)
+    parser = settings_parser(SyntheticOptions, prog="python -m data.synthetic", description=__doc__.split("\n")[0])
+    a = SyntheticOptions(**vars(parser.parse_args(argv)))
+    generate(a.out, a.classes, a.per_class, *a.size, seed=a.seed, progress=a.progress)
     print(f"wrote {a.classes * a.per_class} images in {a.classes} classes to {a.out}")
 
 

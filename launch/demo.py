@@ -21,24 +21,33 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from data.errors import UserError, cli
 from data.manifest import MANIFEST
+from data.settings import build_parser as settings_parser
+from data.settings import check_settings, setting
 from trainer import checkpoint as ck
 
 TRAIN_OPTIONS = ["--model", "resnet18", "--image-size", "64", "--batch-size", "16", "--optimizer", "adamw",
                  "--lr", "0.002", "--warmup-steps", "5", "--workers", "1", "--no-progress"]
 
 
+@dataclass
+class DemoOptions:
+    out: str = setting("demo", metavar="DIR", help="demo folder (images/, data/, run/)")
+    classes: int = setting(4, minimum=2, metavar="N", help="synthetic classes")
+    per_class: int = setting(60, minimum=10, metavar="N", help="synthetic images per class")
+    nproc: int = setting(2, minimum=1, metavar="N", help="training processes (ranks)")
+    epochs: int = setting(4, minimum=1, metavar="N", help="training epochs")
+    steps_per_epoch: int = setting(15, minimum=1, metavar="N", help="optimizer steps per epoch")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="demo", help="demo folder (images/, data/, run/)")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--per-class", type=int, default=60)
-    p.add_argument("--nproc", type=int, default=2, help="training processes (ranks)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=15)
-    return p
+    return settings_parser(DemoOptions, prog="python -m launch.demo", description=__doc__.split("\n")[0])
 
 
 def step(title: str, cmd: list[str], env: dict[str, str]) -> None:
@@ -106,9 +115,7 @@ def print_where(res: dict) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> dict:
-    a = build_parser().parse_args(argv)
-    if a.classes < 2 or a.per_class < 10 or a.nproc < 1:
-        raise UserError("--classes must be >= 2, --per-class >= 10 and --nproc >= 1")
+    a = DemoOptions(**vars(build_parser().parse_args(argv)))
     res = run_demo(os.path.abspath(a.out), a.classes, a.per_class, a.nproc, a.epochs, a.steps_per_epoch)
     print_where(res)
     return res

@@ -5,46 +5,15 @@ splits with true classes; the output folder is never silently replaced.
 from __future__ import annotations
 
 import glob
-import io
 import os
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from data.errors import UserError
 from launch import batch_predict
 from trainer.predict import predict as predict_files
-
-BROKEN = {"class_00/empty.jpg": b"", "class_01/not_an_image.png": b"hello, world",
-          "class_02/truncated.jpg": None}  # None: the first half of a real JPEG
-
-
-def image_folder(data: str, folder: str, per_class: int = 6) -> list[str]:
-    """A few of the data set's source images per class, a PNG, broken files and non-images."""
-    images = os.path.join(os.path.dirname(data), "images")
-    kept = []
-    for cls in sorted(os.listdir(images)):
-        os.makedirs(os.path.join(folder, cls))
-        for name in sorted(os.listdir(os.path.join(images, cls)))[:per_class]:
-            shutil.copy(os.path.join(images, cls, name), os.path.join(folder, cls, name))
-            kept.append(f"{cls}/{name}")
-    first = os.path.join(folder, kept[0])
-    with Image.open(first) as img:
-        img.convert("L").save(os.path.join(folder, "unsorted.png"))  # grayscale PNG, no class folder
-    kept.append("unsorted.png")
-    with open(first, "rb") as f:
-        jpeg = f.read()
-    for rel, content in BROKEN.items():
-        with open(os.path.join(folder, rel), "wb") as f:
-            f.write(jpeg[:len(jpeg) // 2] if content is None else content)
-        kept.append(rel)
-    for skipped in ("notes.txt", ".hidden.jpg"):
-        with open(os.path.join(folder, "class_00", skipped), "wb") as f:
-            f.write(jpeg)
-    return sorted(kept)
-
+from tests.sample_images import BROKEN, image_folder
 
 def read_rows(out: str) -> dict[str, dict]:
     rows = pq.read_table(out).to_pylist()

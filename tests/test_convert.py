@@ -19,27 +19,12 @@ from data.convert.splits import assign, split_counts, split_key
 from data.errors import UserError
 from data.manifest import Manifest
 from data.synthetic import generate
+from tests.converted_sets import parquet_files, read_split
 from tests.procs import ROOT
 from tests.sample_images import encode, noise, png_header_only
 
 SPLIT = (0.7, 0.2, 0.1)
 SEED = 13
-
-
-def parquet_files(folder: str) -> list[str]:
-    """The data files of a split folder, as its data set's manifest names them (row order)."""
-    out, split = os.path.split(folder)
-    return [os.path.join(out, p) for p in Manifest.load(out).split(split).paths]
-
-
-def read_split(out: str, split: str) -> dict[str, list]:
-    """All rows of a split, in stored order (files by name, rows in file order)."""
-    tables = [pq.read_table(f) for f in parquet_files(os.path.join(out, split))]
-    rows = {c: [] for c in OUTPUT_COLUMNS}
-    for t in tables:
-        for c in rows:
-            rows[c] += t.column(c).to_pylist()
-    return rows
 
 
 def file_bytes(out: str, split: str) -> list[bytes]:

@@ -16,7 +16,7 @@ from data.manifest import Manifest
 from data.synthetic import generate
 from tests.conftest import TRAIN_SMALL
 from tests.procs import ok, run, summary_of
-from tests.test_convert import read_split
+from tests.converted_sets import read_split
 
 SEED = 5
 

@@ -19,7 +19,7 @@ from data.split_reader import open_split
 from data.synthetic import generate
 from tests.conftest import TRAIN_SMALL
 from tests.procs import completed, ok, run, start, summary_of
-from tests.test_convert import read_split
+from tests.converted_sets import read_split
 
 BUCKET = "sparkdp-convert"
 

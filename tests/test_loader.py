@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from data.loader import ParquetImages, inspect_split, make_loader, open_split
-from data.order import row_ranges
 from data.split_reader import RowGroupReader
 
 
@@ -40,20 +39,6 @@ def test_eval_reads_every_image_exactly_once_for_any_ranks_and_workers(dataset, 
         manifest.splits["val"].per_class
     for world_size, workers in itertools.product(range(1, 5), range(3)):
         assert sorted(eval_images(parquet, world_size, workers)) == reference, (world_size, workers)
-
-
-def test_row_ranges_give_every_row_once_in_parts_equal_to_one_row():
-    rng = np.random.default_rng(0)
-    for row_groups, parts in itertools.product(range(1, 9), range(1, 13)):
-        group_rows = rng.integers(1, 40, row_groups).tolist()
-        order = rng.permutation(row_groups).tolist()
-        ranges = [row_ranges(group_rows, order, part, parts) for part in range(parts)]
-        rows = [(g, r) for part in ranges for g, start, stop in part for r in range(start, stop)]
-        assert sorted(rows) == [(g, r) for g in range(row_groups) for r in range(group_rows[g])]
-        sizes = [sum(stop - start for _, start, stop in part) for part in ranges]
-        assert max(sizes) - min(sizes) <= 1
-        walked = [g for part in ranges for g, _, _ in part]  # parts follow each other along the order
-        assert [g for i, g in enumerate(walked) if i == 0 or g != walked[i - 1]] == order
 
 
 def test_a_train_epoch_draws_every_image_once_however_unequal_the_row_groups(tmp_path):

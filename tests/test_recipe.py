@@ -168,6 +168,6 @@ def test_compiled_model_checkpoints_like_an_eager_one(seven_groups, tmp_path):
     res = evaluate_main(["--checkpoint", best, "--data", seven_groups[0], "--split", "val", "--workers", "0"])
     assert res["count"] == seven_groups[1].splits["val"].rows
     image = str(tmp_path / "a.jpg")
-    from tests.test_train import class_image
+    from tests.sample_images import class_image
     predicted = predict(best, [class_image(0, image)], top_k=1)
     assert predicted[image][0][0] in seven_groups[1].classes

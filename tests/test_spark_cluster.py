@@ -17,7 +17,7 @@ import pytest
 
 from tests.procs import ROOT, completed, ok, run, start, summary_of
 from tests.spark_cluster import children
-from tests.test_batch_predict import BROKEN, image_folder
+from tests.sample_images import BROKEN, image_folder
 
 SMALL_TRAIN = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
                "--steps-per-epoch", "2", "--workers", "0", "--no-progress", "--dist-timeout", "120"]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from data.errors import UserError
 from data.manifest import Manifest
-from data.synthetic import make_image
+from tests.sample_images import class_image
 from tests.procs import ROOT, TIMEOUT_S, ok, one_error_line, run, summary_of
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig
@@ -214,13 +214,6 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(seven_groups, tmp_pat
     for expected, proc in procs.items():
         out, err = proc.communicate(timeout=TIMEOUT_S)
         assert expected in one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-
-
-def class_image(k: int, path: str, mode: str = "RGB") -> str:
-    import numpy as np
-
-    make_image(k, 3, 64, 48, np.random.default_rng(100 + k)).convert(mode).save(path)
-    return path
 
 
 def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven_groups, tmp_path):

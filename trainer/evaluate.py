@@ -13,11 +13,14 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from data.errors import UserError, cli
+from data.settings import build_parser as settings_parser
+from data.settings import check_settings, setting
 from data.transforms import normalize
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, open_split
@@ -30,22 +33,29 @@ from trainer.precision import PRECISIONS, autocast_context, precision_dtype
 from trainer.tracking import checkpoint_run
 
 
+@dataclass
+class EvaluateOptions:
+    checkpoint: str = setting(metavar="FILE", help="a .pt file written by trainer.train (best.pt, last.pt)")
+    data: str = setting(metavar="DIR|URL", help="data set folder written by `python -m data.convert`")
+    split: str = setting("test", metavar="NAME", help="the split to score: train, val or test")
+    json: str | None = setting(None, metavar="FILE", help="also write the results to this JSON file")
+    confusion: str | None = setting(None, metavar="FILE", doc="beside --json, else beside the checkpoint",
+                                    help="confusion-matrix PNG path")
+    batch_size: int | None = setting(None, minimum=1, metavar="N", doc="the training batch size", help="per rank")
+    workers: int = setting(2, minimum=0, metavar="N", help="loader worker processes per rank")
+    image_size: int | None = setting(None, minimum=1, metavar="N", doc="the checkpoint's",
+                                     help="resize and centre-crop size")
+    precision: str = setting("auto", choices=PRECISIONS,
+                             help="auto: bf16 autocast on GPUs that have it, else fp16; fp32 on CPU")
+    log_to_run: bool = setting(False, help="also log the metrics (SPLIT_loss, SPLIT_top1, ...), the confusion matrix "
+                                           "and the JSON into the MLflow run the checkpoint came from")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a .pt file written by trainer.train (best.pt, last.pt)")
-    p.add_argument("--data", required=True, help="data set folder written by `python -m data.convert`")
-    p.add_argument("--split", default="test", help="train, val or test (default test)")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--confusion", help="confusion-matrix PNG path (default: beside --json, else beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, help="per rank (default: the training batch size)")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes per rank")
-    p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on GPUs that have it, else fp16; fp32 on CPU")
-    p.add_argument("--log-to-run", action="store_true",
-                   help="also log the metrics (SPLIT_loss, SPLIT_top1, ...), the confusion matrix and the JSON "
-                        "into the MLflow run the checkpoint came from")
-    return p
+    return settings_parser(EvaluateOptions, prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
 
 
 def check_classes(state: dict, manifest: Manifest, checkpoint: str, data: str) -> None:
@@ -133,7 +143,7 @@ def log_to_run(checkpoint: str, res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Evaluate; returns the results dict on rank 0 (None on other ranks)."""
-    a = build_parser().parse_args(argv)
+    a = EvaluateOptions(**vars(build_parser().parse_args(argv)))
     dist = compute_init()
     try:
         sums, context = score(a.checkpoint, a.data, a.split, dist, batch_size=a.batch_size, workers=a.workers,

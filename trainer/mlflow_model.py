@@ -28,6 +28,7 @@ ARTIFACT_PATH = "model"
 WEIGHTS = "weights"          # the artifact key of the model-only checkpoint
 WEIGHTS_FILE = "model.pt"
 INPUT_COLUMN = "image"
+MODEL_CODE = os.path.join(os.path.dirname(__file__), "mlflow_model_code.py")  # logged as code, not pickled
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
@@ -36,7 +37,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.classifier = Classifier.from_file(context.artifacts[WEIGHTS])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             if INPUT_COLUMN not in model_input.columns:
                 raise UserError(f"the input needs a column {INPUT_COLUMN!r} of encoded image bytes, "
@@ -90,7 +91,7 @@ def log_model(run_id: str, state: dict, registered_name: str | None = None) -> t
         torch.save(model_only(state), weights)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=ARTIFACT_PATH, python_model=ImageClassifierModel(), artifacts={WEIGHTS: weights},
+                name=ARTIFACT_PATH, python_model=MODEL_CODE, artifacts={WEIGHTS: weights},
                 signature=signature(), input_example=input_example(state[ck.CONFIG]["image_size"]),
                 pip_requirements=requirements(), registered_model_name=registered_name)
     version = getattr(info, "registered_model_version", None)

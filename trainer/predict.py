@@ -10,21 +10,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from data.convert.images import BadImage
 from data.errors import UserError, cli
+from data.settings import build_parser as settings_parser
+from data.settings import check_settings, setting
 from trainer.classify import CHUNK, Classifier, prepare_image
 
 
+@dataclass
+class PredictFilesOptions:
+    checkpoint: str = setting(metavar="FILE", help="a .pt file written by trainer.train (best.pt, last.pt)")
+    images: list[str] = setting(positional=True, repeat=True, metavar="IMAGE",
+                                help="image files (JPEG, PNG, WebP, ...)")
+    top_k: int = setting(5, minimum=1, metavar="K", help="classes to show per image")
+    image_size: int | None = setting(None, minimum=1, metavar="N", doc="the checkpoint's",
+                                     help="resize and centre-crop size")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a .pt file written by trainer.train (best.pt, last.pt)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
-    return p
+    return settings_parser(PredictFilesOptions, prog="python -m trainer.predict", description=__doc__.split("\n")[0])
 
 
 def load_image(path: str, size: int) -> np.ndarray:
@@ -56,7 +67,7 @@ def predict(checkpoint: str, images: list[str], top_k: int = 5,
 
 def main(argv: list[str] | None = None) -> dict[str, list[tuple[str, float]]]:
     """Print and return the top-k predictions for every image given."""
-    a = build_parser().parse_args(argv)
+    a = PredictFilesOptions(**vars(build_parser().parse_args(argv)))
     results = predict(a.checkpoint, a.images, a.top_k, a.image_size)
     for path, ranked in results.items():
         print(path)

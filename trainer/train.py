@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from data.errors import PeerFailure, UserError, cli
 from data.gpu_decode import JpegBatch
@@ -33,6 +32,7 @@ from data.order import check_streams, default_streams
 from data.split_reader import ParquetSplit
 from data.workers import worker_context
 from data.manifest import Manifest
+from data.progress import progress_bar
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
 from trainer import checkpoint as ck
 from trainer.config import TrainConfig, parse_args
@@ -404,7 +404,7 @@ def fit(job: Job) -> dict:
     print0(f"{cfg.optimizer} LR {job.lr:.4g} ({rule}), linear warm-up over {job.warmup_steps} steps, "
            f"then cosine to 0" + (f"; pretrained layers at {cfg.backbone_lr_factor:g} x" if job.backbone and
                                   cfg.backbone_lr_factor != 1 else ""))
-    bar = tqdm(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
+    bar = progress_bar(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and job.dist.is_main))
     job.watchdog.tick(f"start of training at step {p.step}")
     try:

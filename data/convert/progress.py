@@ -1,4 +1,4 @@
-"""A tqdm bar for Spark work: a thread polls the status tracker for one job group."""
+"""A progress bar for Spark work (:func:`data.progress.progress_bar`): a thread polls the status tracker for one job group."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,8 @@ import threading
 from typing import Iterator
 
 from tqdm import tqdm
+
+from data.progress import progress_bar
 
 POLL_SECONDS = 0.5
 _GROUP_KEYS = ("spark.jobGroup.id", "spark.job.description")
@@ -22,7 +24,7 @@ def spark_progress(spark, desc: str, enabled: bool = True) -> Iterator[None]:
     sc.setLocalProperty(_GROUP_KEYS[0], group)
     sc.setLocalProperty(_GROUP_KEYS[1], desc)
     stop = threading.Event()
-    bar = tqdm(total=0, desc=desc, unit="task", disable=not enabled, leave=False)
+    bar = progress_bar(total=0, desc=desc, unit="task", disable=not enabled, leave=False)
     poller = threading.Thread(target=_poll, args=(sc.statusTracker(), group, bar, stop), daemon=True)
     if enabled:
         poller.start()
