@@ -29,7 +29,6 @@ import torch
 
 from data.errors import UserError, cli
 from data.loader import ParquetSplit
-from data.object_store import arrow_url
 from data.rank_loaders import TrainBatches, train_steps_per_epoch
 from data.transforms import decode_batch, train_params
 
@@ -37,11 +36,9 @@ ORDER_KEY = 1001  # mixed into the permutation seed: not any key the project's l
 
 
 @functools.lru_cache(maxsize=2)
-def _rows(url: str) -> tuple[np.ndarray, np.ndarray]:
+def _rows(parquet: ParquetSplit) -> tuple[np.ndarray, np.ndarray]:
     """(encoded images, labels) of a split, in storage order."""
-    import pyarrow.dataset as ds
-
-    table = ds.dataset(arrow_url(url), format="parquet").to_table(columns=["image", "label"])
+    table = parquet.dataset().to_table(columns=["image", "label"])
     return (np.array(table.column("image").to_pylist(), dtype=object),
             table.column("label").to_numpy().astype(np.int64))
 
@@ -67,7 +64,7 @@ def make_full_shuffle_loader(parquet: ParquetSplit, *, batch_size: int, image_si
     if decode != "cpu" or auto_augment != "none" or random_erase:
         raise UserError("the full-shuffle baseline supports --decode cpu without --auto-augment/--random-erase")
     steps = train_steps_per_epoch(parquet, batch_size, world_size, steps_per_epoch)
-    images, labels = _rows(parquet.url)
+    images, labels = _rows(parquet)
     if steps * batch_size * world_size > len(labels):
         raise UserError("the full-shuffle baseline takes at most one pass per epoch (--steps-per-epoch too large)")
     perm = epoch_permutation(len(labels), seed, epoch)

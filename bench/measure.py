@@ -156,12 +156,9 @@ def read_sample(images: str, limit: int = 256) -> list[bytes]:
 def read_parquet_sample(data: str, limit: int = 256) -> list[bytes]:
     """The first ``limit`` stored images of a converted data set's train split (rows are in
     hashed-path order, so any classes), in memory."""
-    import pyarrow.dataset as ds
+    from data.split_reader import open_split
 
-    from data.manifest import split_url
-    from data.object_store import arrow_url
-
-    table = ds.dataset(arrow_url(split_url(data, "train")), format="parquet").head(limit, columns=["image"])
+    table = open_split(data, "train").dataset().head(limit, columns=["image"])
     return table.column("image").to_pylist()
 
 

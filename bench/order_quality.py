@@ -35,9 +35,8 @@ import numpy as np
 
 from data.errors import UserError, cli
 from data.loader import RECORD_PATHS_ENV, ParquetImages
-from data.split_reader import RowGroupReader
+from data.split_reader import ParquetSplit, RowGroupReader
 from data.order import DEFAULT_SHUFFLE_ROWS, check_streams, default_streams
-from data.object_store import arrow_url
 from data.rank_loaders import make_train_loader, open_split, train_steps_per_epoch
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
@@ -84,10 +83,8 @@ class Layout:
     sizes: np.ndarray      # row-group id -> rows
 
 
-def read_layout(url: str) -> Layout:
-    import pyarrow.dataset as ds
-
-    fragments = sorted(ds.dataset(arrow_url(url), format="parquet").get_fragments(), key=lambda f: f.path)
+def read_layout(parquet: ParquetSplit) -> Layout:
+    fragments = parquet.dataset().get_fragments()  # the manifest's files, in row order
     paths, groups, sizes = [], [], []
     for fragment in fragments:  # row groups are contiguous row ranges of each file
         for piece in fragment.split_by_row_group():
@@ -97,7 +94,7 @@ def read_layout(url: str) -> Layout:
             paths += column
     index = {p: i for i, p in enumerate(paths)}
     if len(index) != len(paths):
-        raise UserError(f"{url}: paths are not unique; rows cannot be told apart")
+        raise UserError(f"{parquet.url}: paths are not unique; rows cannot be told apart")
     return Layout(index, np.concatenate(groups), np.array(sizes))
 
 
@@ -222,7 +219,7 @@ def table(columns: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     opts = parse_args(argv)
     parquet = open_split(opts.data, opts.split)
-    layout = read_layout(parquet.url)
+    layout = read_layout(parquet)
     global_batch = opts.batch_size * opts.world_size
     streams = opts.streams or default_streams(global_batch, opts.world_size, opts.workers)
     check_streams(streams, global_batch, opts.world_size)

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from data.loader import inspect_split, make_loader  # (also hides petastorm's pyarrow deprecation noise)
+from data.loader import make_loader, open_split  # (also hides petastorm's pyarrow deprecation noise)
 from data.transforms import MEAN, STD
 
 Batch = tuple[Any, torch.Tensor]
@@ -120,10 +120,7 @@ def open_petastorm_converter(converter, s: PathSettings) -> Iterator[Iterator[Ba
 @contextlib.contextmanager
 def open_project(data: str, s: PathSettings, decode: str = "cpu") -> Iterator[Iterator[Batch]]:
     """The trainer's loader on the train split: uint8 batches, or ``JpegBatch`` with ``decode="gpu"``."""
-    from data.manifest import Manifest, split_url
-
-    manifest = Manifest.load(data)
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train")
     with make_loader(parquet, workers=s.workers, pin_memory=s.pin_memory or decode == "gpu", rank=0, world_size=1,
                      batch_size=s.batch_size, image_size=s.image_size, train=True, seed=s.seed,
                      decode=decode) as batches:
@@ -150,11 +147,10 @@ def reader_rows_per_s(data: str, seconds: float) -> float:
     """Rows/s of the train split read alone (no decode) in one process, by Petastorm as the
     loader reads it (:class:`data.split_reader.RowGroupReader`, whole passes in seeded row-group
     orders): what Petastorm can feed a worker."""
-    from data.manifest import Manifest, split_url
     from data.order import pass_order, row_ranges
     from data.split_reader import RowGroupReader
 
-    parquet = inspect_split(split_url(data, "train"), Manifest.load(data).num_classes)
+    parquet = open_split(data, "train")
     rows, started = 0, time.perf_counter()
     with RowGroupReader(parquet) as reader:
         for pass_ in itertools.count():

@@ -58,7 +58,7 @@ from data.gpu_decode import JpegBatch, jpeg_batch
 from data.object_store import s3_settings
 from data.order import (DEFAULT_SHUFFLE_ROWS, augment_key, augment_rng, batches_of, check_streams, default_streams,
                         mixed_rows, pass_order, row_ranges, worker_streams)
-from data.split_reader import ParquetSplit, RowGroupReader, inspect_split
+from data.split_reader import ParquetSplit, RowGroupReader, inspect_split, open_split
 from data.transforms import Augment, decode_batch, eval_params, train_params
 
 PREFETCH = 4  # messages each worker may have in flight (DataLoader's prefetch_factor); the ring: RING_PREFETCH
@@ -67,7 +67,7 @@ GROUP_IMAGES = 64  # a train message carries enough consecutive steps of a worke
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 RECORD_PATHS_ENV = "SPARKDP_RECORD_PATHS"  # set: train workers log each step's paths there (module docstring)
 
-__all__ = ["Batches", "ParquetImages", "ParquetSplit", "inspect_split", "make_loader", "PREFETCH"]
+__all__ = ["Batches", "ParquetImages", "ParquetSplit", "inspect_split", "make_loader", "open_split", "PREFETCH"]
 
 
 class Slot(NamedTuple):

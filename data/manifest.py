@@ -1,7 +1,10 @@
 """The converted data set's manifest: what a split folder holds, read at train time.
 
 ``<out>/manifest.json`` is the single source of truth for labels (class index = position
-in ``classes``) and row counts. The trainer never re-parses paths for labels.
+in ``classes``), row counts and the data files: it is written last and names every file
+of every split, and readers read exactly those (:func:`split_files`), so files a killed
+or earlier conversion left beside them are never read (object stores have no atomic
+rename: the manifest is the commit). The trainer never re-parses paths for labels.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 from data.errors import UserError
 from data.object_store import arrow_url, is_s3, missing_bucket, problem
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each split names its data files (the manifest is the commit)
 MANIFEST = "manifest.json"
 REJECTED_CSV = "rejected.csv"
 COLUMNS = ("image", "label", "path")
@@ -27,6 +30,7 @@ class SplitInfo:
     files: int = 0
     row_groups: int = 0
     bytes: int = 0
+    paths: list[str] = field(default_factory=list)  # its data files, relative to the data set, in row order
 
 
 @dataclass
@@ -67,11 +71,13 @@ class Manifest:
             "stats": self.stats,
         }
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
     def save(self, folder: str) -> str:
         path = os.path.join(folder, MANIFEST)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(self.to_json())
         return path
 
     @classmethod
@@ -106,6 +112,15 @@ def split_url(data: str, split: str) -> str:
     if "://" in data:
         return data.rstrip("/") + "/" + split
     return "file://" + os.path.abspath(os.path.join(data, split))
+
+
+def split_files(data: str, split: str, manifest: Manifest) -> list[str]:
+    """URLs (``file://`` for a local folder) of the data files the manifest names for ``split``."""
+    paths = manifest.split(split).paths
+    if not paths:
+        raise UserError(f"{data}: its manifest names no files for split {split!r}: convert the images again")
+    base = data.rstrip("/") if "://" in data else "file://" + os.path.abspath(data)
+    return [f"{base}/{p}" for p in paths]
 
 
 def _check_found(folder: str, path: str, folder_found: bool, file_found: bool) -> None:

@@ -60,7 +60,12 @@ def s3_settings(url: str) -> dict[str, str] | None:
     Loader workers come from a fork server whose environment was fixed when it started;
     the rank captures these when it makes a loader and hands them to its workers, so a
     worker reads with the credentials its rank has now."""
-    return {k: os.environ[k] for k in AWS_VARIABLES if k in os.environ} if is_s3(url) else None
+    return aws_variables() if is_s3(url) else None
+
+
+def aws_variables() -> dict[str, str]:
+    """The AWS variables set in this process."""
+    return {k: os.environ[k] for k in AWS_VARIABLES if k in os.environ}
 
 
 def petastorm_filesystem(url: str, settings: dict[str, str] | None = None):

@@ -15,20 +15,9 @@ from typing import Iterator
 import torch
 
 from data.errors import UserError
-from data.loader import Batches, ParquetSplit, inspect_split, make_loader
-from data.manifest import Manifest, split_url
-
-
-def open_split(data_dir: str, split: str = "train", manifest: Manifest | None = None) -> ParquetSplit:
-    """Check ``data_dir``'s ``split`` (schema, labels against the manifest) once; the
-    :class:`~data.split_reader.ParquetSplit` returned is what the loaders read.
-
-    ``data_dir`` is a local folder or a URL pyarrow and Petastorm read (``file://``,
-    ``s3://``, ``hdfs://``); pass ``manifest`` when it is already loaded.
-    """
-    manifest = manifest or Manifest.load(data_dir)
-    manifest.split(split)  # an unknown split name is one plain line
-    return inspect_split(split_url(data_dir, split), manifest.num_classes)
+from data.loader import Batches, ParquetSplit, make_loader
+from data.manifest import Manifest
+from data.split_reader import open_split
 
 
 def train_steps_per_epoch(parquet: ParquetSplit, batch_size: int, world_size: int,

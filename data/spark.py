@@ -70,6 +70,11 @@ def get_spark(master: str = "local[*]", conf: dict[str, str] | None = None, app_
         # The driver JVM only schedules here; Python workers decode. Its optimising JIT and
         # parallel GC took ~1.6 CPU-s of a 3,000-image conversion on 2 cores, ~0.2 s with these.
         settings["spark.driver.extraJavaOptions"] = LOCAL_JVM_OPTIONS
+    # Executors on a cluster do not inherit the driver's environment: hand them its AWS
+    # variables, so tasks and TorchDistributor's ranks (and their loader workers) reach S3 as it does.
+    from data.object_store import AWS_VARIABLES
+
+    settings.update({f"spark.executorEnv.{k}": os.environ[k] for k in AWS_VARIABLES if k in os.environ})
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)

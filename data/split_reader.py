@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from data.errors import UserError
-from data.manifest import COLUMNS
+from data.manifest import COLUMNS, Manifest, split_files, split_url
 from data.object_store import arrow_url, petastorm_filesystem, problem
 from data.order import Rows
 
@@ -29,26 +29,57 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 
 @dataclass(frozen=True)
 class ParquetSplit:
-    """A checked split: the Parquet folder's URL, its rows and its row groups."""
+    """A checked split: its URL (for messages), its rows and row groups, and the data files
+    the manifest names (the only files read)."""
 
     url: str
     rows: int
     row_groups: int
-    files: tuple[tuple[str, int], ...] = ()  # (file as pyarrow names it, its row groups), in name order
-    group_rows: tuple[int, ...] = ()  # rows of each row group, files in name order: Petastorm's piece order
+    files: tuple[tuple[str, int], ...] = ()  # (file as pyarrow names it, its row groups), in row order
+    group_rows: tuple[int, ...] = ()  # rows of each row group, files in row order: Petastorm's piece order
+    sources: tuple[str, ...] = ()  # the files' URLs, in row order
+
+    def dataset(self):
+        """A pyarrow dataset over exactly :attr:`sources`."""
+        return file_dataset(self.sources)
 
 
-def inspect_split(url: str, num_classes: int) -> ParquetSplit:
-    """Check a split's schema and labels before training; one plain line if anything is off."""
-    import pyarrow.compute as pc
+def file_dataset(sources: Sequence[str]):
+    """A pyarrow Parquet dataset over exactly the files ``sources`` (URLs on one filesystem)."""
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    urls = [arrow_url(u) for u in sources]
+    if urls[0].startswith("file://"):  # (from_uri refuses a path with a space in it)
+        fs, first = pafs.LocalFileSystem(), urls[0][len("file://"):]
+    else:
+        fs, first = pafs.FileSystem.from_uri(urls[0])
+    scheme = urls[0][:len(urls[0]) - len(first)]  # "s3://", "file://": the same for every file
+    return ds.dataset([u[len(scheme):] for u in urls], filesystem=fs, format="parquet", exclude_invalid_files=False)
+
+
+def open_split(data: str, split: str = "train", manifest: Manifest | None = None) -> ParquetSplit:
+    """Check ``data``'s ``split`` (schema, labels against the manifest) once; the
+    :class:`ParquetSplit` returned is what the loaders read.
+
+    ``data`` is a local folder or a URL pyarrow and Petastorm read (``file://``,
+    ``s3://``, ``hdfs://``); pass ``manifest`` when it is already loaded.
+    """
+    manifest = manifest or Manifest.load(data)
+    return inspect_split(split_url(data, split), split_files(data, split, manifest), manifest.num_classes)
+
+
+def inspect_split(url: str, sources: Sequence[str], num_classes: int) -> ParquetSplit:
+    """Check the split at ``url`` made of the files ``sources`` (in row order) before
+    training: schema and labels; one plain line if anything is off."""
+    import pyarrow.compute as pc
 
     try:
-        dataset = ds.dataset(arrow_url(url), format="parquet", exclude_invalid_files=False)
+        dataset = file_dataset(sources)
         missing = [c for c in ("image", "label") if c not in dataset.schema.names]
         if missing:
             raise UserError(f"{url} has no column(s) {', '.join(missing)}: was it written by data.convert?")
-        metas = sorted((f.path, f.metadata) for f in dataset.get_fragments())  # Petastorm sorts too
+        metas = [(f.path, f.metadata) for f in dataset.get_fragments()]  # in the order given
         files = tuple((path, meta.num_row_groups) for path, meta in metas)
         group_rows = tuple(meta.row_group(i).num_rows for _, meta in metas for i in range(meta.num_row_groups))
         labels = dataset.to_table(columns=["label"]).column("label")
@@ -61,7 +92,7 @@ def inspect_split(url: str, num_classes: int) -> ParquetSplit:
         lo, hi = pc.min(labels).as_py(), pc.max(labels).as_py()
         if lo is None or lo < 0 or hi >= num_classes:
             raise UserError(f"{url} has labels in [{lo}, {hi}] but the manifest has {num_classes} classes")
-    return ParquetSplit(url, rows, len(group_rows), files, group_rows)
+    return ParquetSplit(url, rows, len(group_rows), files, group_rows, tuple(sources))
 
 
 class InlinePool:
@@ -117,9 +148,9 @@ class RowGroupReader:
         from petastorm.reader import Reader
 
         self.split, self._pool = split, InlinePool()
-        fs, path = get_filesystem_and_path_or_paths(arrow_url(split.url),
-                                                    filesystem=petastorm_filesystem(split.url, storage))
-        self._reader = Reader(fs, path, schema_fields=list(COLUMNS), worker_class=ArrowReaderWorker,
+        fs, paths = get_filesystem_and_path_or_paths([arrow_url(u) for u in split.sources],
+                                                     filesystem=petastorm_filesystem(split.url, storage))
+        self._reader = Reader(fs, paths, schema_fields=list(COLUMNS), worker_class=ArrowReaderWorker,
                               reader_pool=self._pool, shuffle_row_groups=False, num_epochs=1, is_batched_reader=True)
 
     def read(self, group: int) -> Rows:

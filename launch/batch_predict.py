@@ -4,8 +4,9 @@
 local model folder) or a checkpoint file; ``--input`` an image folder (any tree; a first
 folder level named like one of the model's classes is taken as the true class) or a
 split folder written by ``data.convert`` (``dataset/test``: true classes from its
-manifest), on a shared disk or in an S3-compatible object store (``s3://bucket/dataset/test``,
-``s3a://`` alike: the tasks read its row groups with s3fs, with the driver's AWS
+manifest, and exactly the files it names), on a shared disk or in an S3-compatible
+object store (``s3://bucket/images``, ``s3a://bucket/dataset/test``: the driver lists
+the keys, the tasks read the objects or row groups with s3fs, with the driver's AWS
 variables). The output is Parquet, one row per input image, a bad image included:
 ``path, label, true_class, prediction, probability, top5_classes, top5_probabilities,
 error`` (rows in = rows out, checked), written through a temporary folder and renamed.
@@ -32,10 +33,12 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from data.convert.layouts import IMAGE_EXTENSIONS, image_files
+from data.convert.files import join, list_sizes, open_file, read_bytes
+from data.convert.layouts import IMAGE_EXTENSIONS, image_files, visible_images
 from data.convert.staging import check_out, staged_folder
 from data.errors import UserError, cli
-from data.object_store import is_s3
+from data.manifest import Manifest
+from data.object_store import is_s3, s3_settings
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
 from data.spark import parse_conf, runtime_conf, spark_session
@@ -52,7 +55,7 @@ class PredictOptions:
     model: str = setting(metavar="URI|FILE", help="MLflow model URI (runs:/ID/model, models:/NAME/VERSION, a model "
                                                   "folder) or a checkpoint file written by trainer.train")
     input: str = setting(metavar="DIR|URL", help="image folder, or a split folder written by data.convert "
-                                                 "(local, or s3://bucket/dataset/test)")
+                                                 "(local, or in S3: s3://bucket/images, s3://bucket/dataset/test)")
     out: str = setting(metavar="DIR", help="Parquet folder to create")
     master: str = setting("local[*]", metavar="URL", help="Spark master; the same command runs on a cluster")
     batch_size: int = setting(64, minimum=1, metavar="N", help="images per batch inside a task")
@@ -97,7 +100,7 @@ def task_device():
 
 
 def score_batches(batches: Iterator, *, weights, root: str | None, classes: list[str] | None,
-                  chunk: int) -> Iterator:
+                  chunk: int, storage: dict[str, str] | None) -> Iterator:
     """The ``mapInPandas`` function: build the model once per task, then score each batch.
 
     A batch holds ``path`` (and ``image``/``label`` for a converted split); image-folder
@@ -120,8 +123,7 @@ def score_batches(batches: Iterator, *, weights, root: str | None, classes: list
             images = []
             for i, rel in enumerate(batch["path"]):
                 try:
-                    with open(os.path.join(root, rel), "rb") as f:
-                        images.append(f.read())
+                    images.append(read_bytes(join(root, rel), storage))
                 except OSError as exc:
                     images.append(None)
                     read_errors[i] = f"cannot read: {exc.strerror or exc}"
@@ -136,58 +138,59 @@ def score_batches(batches: Iterator, *, weights, root: str | None, classes: list
 
 # --- the input ----------------------------------------------------------------------------
 
-def is_converted_split(folder: str) -> bool:
-    return bool(glob.glob(os.path.join(folder, "*.parquet")))
+def converted_split(source: str) -> tuple[str, str] | None:
+    """``(data set, split)`` when ``source`` is a split folder of a data set whose manifest names it."""
+    parent, _, split = source.rstrip("/").rpartition("/")
+    try:
+        return (parent, split) if split in Manifest.load(parent).splits else None
+    except UserError:  # no manifest there (or none readable): not a converted split
+        return None
 
 
-def input_frame(spark, source: str, partitions: int):
+def input_frame(spark, source: str, partitions: int, storage: dict[str, str] | None):
     """``(DataFrame, rows, classes of the data set or None)`` for an image folder or a converted split."""
-    if is_converted_split(source):
-        from data.manifest import Manifest
-
-        parent = os.path.dirname(source.rstrip("/"))
-        classes = Manifest.load(parent).classes if os.path.isfile(os.path.join(parent, "manifest.json")) else None
+    if is_s3(source) and not list_sizes(source, storage or {}):  # (a refused key, no bucket: one line here)
+        raise UserError(f"--input {source}: data folder not found (no objects under it)")
+    split = converted_split(source)
+    if split is not None:
+        return _split_frame(spark, *split, partitions, storage)
+    if not is_s3(source) and glob.glob(os.path.join(source, "*.parquet")):  # Parquet written by something else
         frame = spark.read.parquet(source).select("path", "image", "label")
         rows = frame.count()
         if frame.rdd.getNumPartitions() < partitions:
             frame = frame.repartition(min(partitions, max(rows, 1)))
-        return frame, rows, classes
-    if is_s3(source):
-        return _object_store_split(spark, source, partitions)
-    paths = image_files(source)  # unreadable ones included: they become error rows
+        return frame, rows, None
+    # unreadable images included: they become error rows
+    paths = visible_images(list_sizes(source, storage or {})) if is_s3(source) else image_files(source)
     if not paths:
         raise UserError(f"--input {source}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     rdd = spark.sparkContext.parallelize([(p,) for p in paths], min(partitions, len(paths)))
     return spark.createDataFrame(rdd, "path string"), len(paths), None
 
 
-def _object_store_split(spark, url: str, partitions: int):
-    """``input_frame`` for a converted split in an object store: one task input per row group."""
-    from data.loader import inspect_split
-    from data.manifest import Manifest
-    from data.object_store import s3_settings
+def _split_frame(spark, data: str, name: str, partitions: int, storage: dict[str, str] | None):
+    """``input_frame`` for a converted split: one task input per row group of the files its
+    manifest names (never other files in its folder)."""
+    from data.split_reader import open_split
 
-    manifest = Manifest.load(url.rstrip("/").rsplit("/", 1)[0])
-    split = inspect_split(url, manifest.num_classes)  # one line naming the URL if it cannot be read
-    groups = [(file, i) for file, n in split.files for i in range(n)]
+    manifest = Manifest.load(data)
+    split = open_split(data, name, manifest)  # one line naming the URL if it cannot be read
+    groups = [(file, i) for file, (_, n) in zip(split.sources, split.files) for i in range(n)]
     tasks = spark.sparkContext.parallelize(groups, max(1, min(partitions, len(groups))))
-    read = functools.partial(read_row_groups, storage=s3_settings(url))
+    read = functools.partial(read_row_groups, storage=storage)
     frame = spark.createDataFrame(tasks, "file string, row_group int").mapInPandas(
         read, "path string, image binary, label long")
     return frame, split.rows, manifest.classes
 
 
-def read_row_groups(parts: Iterator, *, storage: dict[str, str]) -> Iterator:
-    """The ``mapInPandas`` function over ``(file, row_group)`` of a split in an object store:
-    each row group's ``path, image, label`` rows (at most one row group held)."""
+def read_row_groups(parts: Iterator, *, storage: dict[str, str] | None) -> Iterator:
+    """The ``mapInPandas`` function over ``(file URL, row_group)`` of a converted split: each
+    row group's ``path, image, label`` rows (at most one row group held)."""
     import pyarrow.parquet as pq
 
-    from data.object_store import s3fs_filesystem
-
-    fs = s3fs_filesystem(storage)
     for part in parts:
         for file, groups in itertools.groupby(zip(part["file"], part["row_group"]), key=lambda fg: fg[0]):
-            with fs.open(file, "rb") as f:  # the footer read once per file, not per row group
+            with open_file(file, "rb", storage) as f:  # the footer read once per file, not per row group
                 parquet = pq.ParquetFile(f)
                 for _, group in groups:
                     yield parquet.read_row_group(int(group), columns=["path", "image", "label"]).to_pandas()
@@ -203,19 +206,21 @@ def predict(spark, model: str, input: str, out: str, *, batch_size: int = 64, pa
 
     if not is_s3(input) and not os.path.isdir(input):
         raise UserError(f"--input {input} is not a folder")
+    storage = s3_settings(input)
     source = input if is_s3(input) else os.path.abspath(input)
     out = check_out(out, overwrite, input, marker=SUMMARY)
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     partitions = partitions or 2 * spark.sparkContext.defaultParallelism
     started = time.perf_counter()
-    frame, rows_in, classes = input_frame(spark, source, partitions)  # a bad input fails before the model loads
+    frame, rows_in, classes = input_frame(spark, source, partitions, storage)  # a bad input fails before the model loads
     state = model_state(model)
     buf = io.BytesIO()
     torch.save(state, buf)
     weights = spark.sparkContext.broadcast(buf.getvalue())
     try:
-        score = functools.partial(score_batches, weights=weights, root=source, classes=classes, chunk=batch_size)
+        score = functools.partial(score_batches, weights=weights, root=source, classes=classes, chunk=batch_size,
+                                  storage=storage)
         with staged_folder(out, overwrite, marker=SUMMARY) as tmp, \
                 runtime_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}):
             frame.mapInPandas(score, OUTPUT_SCHEMA).write.mode("overwrite").parquet(tmp)

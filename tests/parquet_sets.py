@@ -36,7 +36,8 @@ def write_split(out: str, split: str, jpegs: Sequence[bytes], labels: Sequence[i
     os.makedirs(os.path.join(out, split), exist_ok=True)
     pq.write_table(table, os.path.join(out, split, "part-00000.parquet"), row_group_size=rows_per_group)
     return SplitInfo(rows=len(labels), per_class=[list(labels).count(k) for k in range(num_classes)], files=1,
-                     row_groups=-(-len(labels) // rows_per_group), bytes=sum(len(x) for x in jpegs))
+                     row_groups=-(-len(labels) // rows_per_group), bytes=sum(len(x) for x in jpegs),
+                     paths=[f"{split}/part-00000.parquet"])
 
 
 def write_data_set(out: str, row_groups: int, rows_per_group: int = 12, val_rows: int = 12) -> Manifest:

@@ -15,26 +15,16 @@ from PIL import Image
 from data.convert import convert
 from data.convert import job
 from data.convert.job import OUTPUT_COLUMNS
-from data.convert.row_groups import parquet_files
 from data.convert.splits import assign, split_counts, split_key
 from data.errors import UserError
 from data.manifest import Manifest
 from data.synthetic import generate
+from tests.converted_sets import parquet_files, read_split
 from tests.procs import ROOT
 from tests.sample_images import encode, noise, png_header_only
 
 SPLIT = (0.7, 0.2, 0.1)
 SEED = 13
-
-
-def read_split(out: str, split: str) -> dict[str, list]:
-    """All rows of a split, in stored order (files by name, rows in file order)."""
-    tables = [pq.read_table(f) for f in parquet_files(os.path.join(out, split))]
-    rows = {c: [] for c in OUTPUT_COLUMNS}
-    for t in tables:
-        for c in rows:
-            rows[c] += t.column(c).to_pylist()
-    return rows
 
 
 def file_bytes(out: str, split: str) -> list[bytes]:
@@ -351,22 +341,19 @@ def test_cli_converts_with_the_active_session(spark, images, tmp_path, capsys):
 
 def test_file_writer_cuts_row_groups_by_size_and_refuses_changed_files(tmp_path):
     """A row group ends with the image that brings it to ``row_group_bytes``; a re-encoded
-    image comes from the decode pass's folder; a file that changed since its check stops the write."""
-    from data.convert.rows import converted_file
+    image comes from where the decode pass stashed it; a file that changed since its check stops the write."""
     from data.convert.writer import FileTask, write_file
 
-    root, done = tmp_path / "images", tmp_path / "converted"
+    root = tmp_path / "images"
     (root / "a").mkdir(parents=True)
-    done.mkdir()
     rows = []
     for i in range(5):
         (root / "a" / f"{i}.jpg").write_bytes(bytes([i]) * 100)
-        rows.append((f"a/{i}.jpg", 0, 8, 6, 100, False))
-    with open(converted_file(str(done), "a/0.jpg"), "wb") as f:
-        f.write(b"x" * 100)
-    rows[0] = ("a/0.jpg", 0, 8, 6, 100, True)
+        rows.append((f"a/{i}.jpg", 0, 8, 6, 100, str(root / "a" / f"{i}.jpg")))
+    (tmp_path / "stashed.jpg").write_bytes(b"x" * 100)
+    rows[0] = ("a/0.jpg", 0, 8, 6, 100, str(tmp_path / "stashed.jpg"))
     out = str(tmp_path / "train" / "part-00000.parquet")
-    assert write_file(FileTask(out, 250, str(root), str(done), rows)) == 5
+    assert write_file(FileTask(out, 250, rows)) == 5
     meta = pq.ParquetFile(out).metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 2]
     table = pq.read_table(out)
@@ -374,14 +361,14 @@ def test_file_writer_cuts_row_groups_by_size_and_refuses_changed_files(tmp_path)
     assert table.column("image").to_pylist()[:2] == [b"x" * 100, b"\x01" * 100]
     (root / "a" / "3.jpg").write_bytes(b"changed")
     with pytest.raises(RuntimeError, match="a/3.jpg changed"):
-        write_file(FileTask(out, 250, str(root), str(done), rows))
+        write_file(FileTask(out, 250, rows))
 
 
 def test_write_shares_balance_image_bytes_and_keep_output_order():
     from data.convert.writer import FileTask
 
     def task(name: str, sizes: list[int]) -> FileTask:
-        return FileTask(name, 1, "root", "done", [(f"{name}/{i}", 0, 1, 1, n, False) for i, n in enumerate(sizes)])
+        return FileTask(name, 1, [(f"{name}/{i}", 0, 1, 1, n, f"root/{name}/{i}") for i, n in enumerate(sizes)])
 
     tasks = [task("train0", [50, 50]), task("train1", [50, 50]), task("val", [60]), task("test", [30])]
     shares = job.balance(tasks, 2)

@@ -21,8 +21,7 @@ import pytest
 import torch
 
 from data.errors import UserError
-from data.loader import inspect_split, make_loader
-from data.manifest import split_url
+from data.loader import make_loader, open_split
 from tests.parquet_sets import write_data_set
 from tests.procs import ROOT, TIMEOUT_S, completed, ok, start, summary_of
 from trainer import checkpoint as ck
@@ -224,7 +223,7 @@ def test_sharding_matrix_every_rank_gets_full_batches(tmp_path, row_groups):
     steps_per_epoch full batches (no NoDataAvailableError, no hang) on 1-8 row groups."""
     data = str(tmp_path / "data")
     manifest = write_data_set(data, row_groups)
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train", manifest)
     assert parquet.row_groups == row_groups
     batch = 4
     for world_size in range(1, 5):

@@ -25,9 +25,8 @@ from data.errors import UserError
 from data.gpu_decode import JpegBatch, crop_resize_batch, decode_on_device, jpeg_batch
 from data.gpu_prefetch import make_device_prefetcher
 from data.gpu_decode import model_input
-from data.loader import inspect_split, make_loader
+from data.loader import make_loader, open_split
 from data.rank_loaders import make_train_loader
-from data.manifest import split_url
 from data.synthetic import make_image
 from data.transforms import crop_resize, decode_crop, train_params
 from tests.parquet_sets import small_jpeg, write_data_set
@@ -52,7 +51,7 @@ def dataset(tmp_path_factory):
 @pytest.mark.parametrize("split,train,skip", [("train", True, 0), ("train", True, 3), ("val", False, 0)])
 def test_gpu_mode_batches_decode_to_the_cpu_batches(dataset, split, train, skip, device, max_diff, mean_diff):
     data, manifest = dataset
-    parquet = inspect_split(split_url(data, split), manifest.num_classes)
+    parquet = open_split(data, split, manifest)
     kw = dict(workers=2, rank=0, world_size=1, batch_size=5, image_size=SIZE, train=train, seed=4, epoch=1,
               skip_batches=skip)
     with make_loader(parquet, **kw) as cpu, make_loader(parquet, decode="gpu", **kw) as gpu:
@@ -100,7 +99,7 @@ def prepare_on(device: str):
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 def test_prefetched_batches_are_the_plain_ones_in_order_and_resume_exactly(dataset, decode, device):
     data, manifest = dataset
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train", manifest)
     kw = dict(workers=2, rank=0, world_size=1, batch_size=5, image_size=SIZE, seed=4, epoch=1, steps_per_epoch=6,
               decode=decode)
     prepare = prepare_on(device)

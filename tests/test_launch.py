@@ -45,7 +45,8 @@ def _write_split(folder: str, rows: int, files: int, rng: np.random.Generator) -
                           "path": [f"class_{k}/{os.path.basename(folder)}_{i}.jpg"
                                    for i, k in enumerate(labels)][part]})
         pq.write_table(table, os.path.join(folder, f"part-{f}.parquet"), row_group_size=8)
-    return SplitInfo(rows=rows, per_class=[labels.count(k) for k in range(CLASSES)])
+    return SplitInfo(rows=rows, per_class=[labels.count(k) for k in range(CLASSES)],
+                     paths=[f"{os.path.basename(folder)}/part-{f}.parquet" for f in range(files)])
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +158,12 @@ def test_two_torchrun_nodes_with_c10d_rendezvous_make_one_job(dataset, tmp_path)
 # --- data URLs --------------------------------------------------------------------------
 
 def test_manifest_and_split_read_from_file_url(dataset):
-    from data.loader import inspect_split
-    from data.manifest import arrow_url, split_url
+    from data.loader import open_split
+    from data.manifest import arrow_url
 
     url = "file://" + dataset
     assert Manifest.load(url).to_dict() == Manifest.load(dataset).to_dict()
-    parquet = inspect_split(split_url(url, "train"), CLASSES)
+    parquet = open_split(url, "train")
     assert (parquet.rows, parquet.row_groups) == (TRAIN_ROWS, TRAIN_ROWS // 8)
     assert arrow_url("s3a://bucket/x") == "s3://bucket/x" and arrow_url("hdfs://nn/x") == "hdfs://nn/x"
 

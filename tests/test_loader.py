@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import ParquetImages, inspect_split, make_loader
-from data.manifest import split_url
+from data.loader import ParquetImages, inspect_split, make_loader, open_split
 from data.split_reader import RowGroupReader
 
 
@@ -32,7 +31,7 @@ def eval_images(parquet, world_size: int, workers: int) -> list[tuple[int, str]]
 @pytest.mark.parametrize("dataset", ["one_group", "seven_groups"])
 def test_eval_reads_every_image_exactly_once_for_any_ranks_and_workers(dataset, request):
     data, manifest = request.getfixturevalue(dataset)
-    parquet = inspect_split(split_url(data, "val"), manifest.num_classes)
+    parquet = open_split(data, "val", manifest)
     reference = sorted(eval_images(parquet, 1, 0))
     assert len(reference) == manifest.splits["val"].rows
     assert len({digest for _, digest in reference}) == len(reference)  # distinct images: duplicates would show
@@ -56,7 +55,7 @@ def test_a_train_epoch_draws_every_image_once_however_unequal_the_row_groups(tmp
     with pq.ParquetWriter(tmp_path / "train" / "part-0.parquet", table.schema) as writer:
         for start, size in zip(np.cumsum([0] + sizes), sizes):
             writer.write_table(table.slice(start, size))
-    parquet = inspect_split(f"file://{tmp_path}/train", 1)
+    parquet = inspect_split(f"file://{tmp_path}/train", [f"file://{tmp_path}/train/part-0.parquet"], 1)
     assert list(parquet.group_rows) == sizes
     for streams, batch in ((4, 8), (2, 16), (8, 8)):
         dataset = ParquetImages(parquet, rank=0, world_size=1, batch_size=batch, image_size=8, train=True,
@@ -79,7 +78,7 @@ def same(a, b) -> bool:
 
 def test_train_stream_never_runs_dry_with_more_shards_than_row_groups(one_group):
     data, manifest = one_group
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train", manifest)
     for rank in range(4):  # 4 ranks x 2 workers = 8 shards of 1 row group
         batches = take(parquet, 30, workers=2, rank=rank, world_size=4)  # ~5 passes over a ~10-row shard
         assert len(batches) == 30 and all(len(y) == 4 for _, y in batches)
@@ -89,7 +88,7 @@ def test_train_stream_never_runs_dry_with_more_shards_than_row_groups(one_group)
 def test_train_stream_is_repeatable_and_resumes_mid_epoch(seven_groups, workers):
     """A resumed epoch (skip_batches) sees exactly the batches an uninterrupted one does."""
     data, manifest = seven_groups
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train", manifest)
     kwargs = dict(workers=workers, rank=1, world_size=2)
     full = take(parquet, 16, **kwargs)  # ~42 rows per rank: 16 batches of 4 cross several passes
     images, labels = full[0]  # the contract, whatever way the batch came from a worker
@@ -102,7 +101,7 @@ def test_train_stream_is_repeatable_and_resumes_mid_epoch(seven_groups, workers)
 
 def test_train_ranks_read_different_rows(seven_groups):
     data, manifest = seven_groups
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train", manifest)
     first = [take(parquet, 2, workers=0, rank=r, world_size=2) for r in range(2)]
     assert not same(first[0], first[1])
 
@@ -112,7 +111,7 @@ def test_more_train_streams_than_rows_is_a_one_line_user_error(one_group):
     from data.errors import UserError
 
     data, manifest = one_group
-    parquet = inspect_split(split_url(data, "train"), manifest.num_classes)
+    parquet = open_split(data, "train", manifest)
     world, workers = 50, 2  # 100 streams share the split's 84 rows: some would own none
     with pytest.raises(UserError) as caught:
         take(parquet, 4, workers=workers, rank=0, world_size=world)  # batches of both workers

@@ -45,10 +45,15 @@ def test_convert_on_the_cluster_gives_the_local_splits(spark_cluster, one_group,
     assert sorted(pq.read_table(os.path.join(out, "val"), columns=["path"]).column("path").to_pylist()) == local_paths
 
 
-def test_trainer_runs_as_two_spark_tasks_in_cluster_mode(spark_cluster, one_group, tmp_path):
+def test_trainer_runs_as_two_spark_tasks_in_cluster_mode(spark_cluster, one_group, s3_server, tmp_path,
+                                                        monkeypatch):
+    """From an s3:// data set: the executors never saw the AWS variables; the driver hands them over."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    url = s3_server.upload(one_group[0], "sparkdp-cluster", "one_group")
     out = str(tmp_path / "run")
     ok(run("launch.spark", "--cluster", "--num-processes", "2", "--master", spark_cluster.url, "--",
-           "--data", one_group[0], "--out", out, *SMALL_TRAIN))
+           "--data", url, "--out", out, *SMALL_TRAIN))
     summary = summary_of(out)
     assert summary["world_size"] == 2 and summary["rank_steps"] == [2, 2]
     assert summary["mlflow_model_uri"]

@@ -1,23 +1,28 @@
-"""``convert()``: check the options and the folders, run the Spark job in a staged folder, publish it.
+"""``convert()``: check the options, the input and the output, run the Spark job, publish the result.
 
 The job itself is :mod:`data.convert.job`; this module owns what surrounds it: the
-options, the Spark session and its runtime settings, the atomic publish
-(:mod:`data.convert.staging`) and the end-of-run summary.
+options, the input (an image folder, local or in S3, or a DataFrame/table:
+:mod:`data.convert.frames`), the Spark session and its runtime settings, the publish
+(:mod:`data.convert.staging`: a staged folder renamed, or in S3 the manifest written last)
+and the end-of-run summary.
 """
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from data.convert import job, layouts
+from data.convert import frames, job, layouts
+from data.convert.files import join
 from data.convert.images import DEFAULT_QUALITY
 from data.convert.layouts import LAYOUTS
 from data.convert.splits import DEFAULT_SPLIT, Fractions, parse_split
-from data.convert.staging import check_out, staged_folder
-from data.errors import storage_errors
+from data.convert.staging import check_out, publish, save_manifest
+from data.errors import UserError, storage_errors
 from data.manifest import REJECTED_CSV, Manifest
+from data.object_store import aws_variables, is_s3
 from data.settings import check_settings, setting
 from data.spark import parse_conf, spark_session
 
@@ -27,8 +32,26 @@ class ConvertOptions:
     """Every setting of a conversion, declared once (:mod:`data.settings`): ``python -m
     data.convert``'s options, :func:`convert`'s keywords and the README's option table."""
 
-    images: str = setting(metavar="DIR", help="image folder (<class>/<image> files) or the Food-101 download")
-    out: str = setting(metavar="DIR", help="data set folder to create")
+    out: str = setting(metavar="DIR|URL", help="data set folder to create, on disk or in S3 (s3://bucket/prefix)")
+    images: str | None = setting(None, metavar="DIR|URL", doc="",
+                                 help="image folder (<class>/<image> files) or the Food-101 download, on disk or "
+                                      "in S3 (s3://bucket/prefix, s3a:// alike); or give --table")
+    table: str | None = setting(None, metavar="NAME|DIR",
+                                help="instead of --images: a catalog table, or a Parquet folder Spark reads, "
+                                     "with one row per image (columns below)")
+    image_column: str | None = setting(None, metavar="COL",
+                                       help="with --table: the image bytes (binaryFile's content); without it "
+                                            "the image is read from --path-column")
+    path_column: str = setting("path", metavar="COL",
+                               help="with --table: the image's path or URL (read when there is no --image-column); "
+                                    "the row's key unless --id-column")
+    label_column: str = setting("label", metavar="COL",
+                                help="with --table: the label, class names or integers")
+    id_column: str | None = setting(None, metavar="COL",
+                                    help="with --table: a unique, stable key per row (split key and stored path) "
+                                         "instead of the path")
+    class_names: list[str] | None = setting(None, repeat=True, metavar="NAME", doc="0, 1, ...",
+                                            help="with --table and integer labels: the class names, in label order")
     layout: str = setting("auto", choices=LAYOUTS,
                           help="input layout: folder, food101, or auto (food101 when its meta files are there)")
     split: str | Fractions = setting(",".join(f"{v:g}" for v in DEFAULT_SPLIT), metavar="T,V,E",
@@ -50,6 +73,8 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if (self.images is None) == (self.table is None):
+            raise UserError("give the images with --images DIR|URL or --table NAME|DIR (one of them)")
         parse_split(self.split)
         if not isinstance(self.spark_conf, dict):  # the command line's ["k=v", ...]
             self.spark_conf = parse_conf(self.spark_conf)
@@ -59,8 +84,10 @@ class ConvertOptions:
         return parse_split(self.split)
 
 
-def convert(images: str, out: str, *, spark=None, **options: Any) -> Manifest:
-    """Convert the image folder ``images`` into the data set folder ``out``.
+def convert(images, out: str, *, spark=None, **options: Any) -> Manifest:
+    """Convert ``images`` (an image folder or URL, or a Spark DataFrame with one row per
+    image: ``image_column`` or ``path_column``, ``label_column``, ``id_column``,
+    ``class_names`` name its columns) into the data set ``out`` (a folder or an S3 URL).
 
     ``options``: any other setting of :class:`ConvertOptions` by name (``split``, ``seed``,
     ``layout``, ``quality``, ``max_side``, ``overwrite``, ``master``, ``spark_conf`` as a
@@ -72,26 +99,36 @@ def convert(images: str, out: str, *, spark=None, **options: Any) -> Manifest:
     (default: automatic, see :mod:`data.convert.row_groups`).
     Raises UserError for bad options, a missing or empty input, or a non-empty ``out``.
     """
-    return run(ConvertOptions(images=images, out=out, **options), spark)
+    key = "images" if isinstance(images, str) else "table"
+    return run(ConvertOptions(out=out, **{key: images}, **options), spark)
 
 
 def run(opts: ConvertOptions, spark=None) -> Manifest:
     """:func:`convert` with its options already checked."""
     fractions = opts.fractions
-    lay = layouts.detect(opts.images, opts.layout)
-    out = check_out(opts.out, opts.overwrite, lay.root)
-    options = {"images": os.path.abspath(opts.images), "layout": lay.name, "root": lay.root,
-               "split": list(fractions), "seed": opts.seed, "quality": opts.quality, "max_side": opts.max_side,
-               "files_per_split": opts.files_per_split, "row_group_mb": opts.row_group_mb}
+    # Handed to every task that reads or writes S3 (a DataFrame's paths may be URLs too), so
+    # executors need no environment of their own.
+    storage = aws_variables()
+    lay = layouts.detect(opts.images, opts.layout, storage) if opts.images is not None else None
+    out = check_out(opts.out, opts.overwrite, lay.root if lay else None, storage=storage)
+    run_id = uuid.uuid4().hex[:8]
     with storage_errors(f"writing {out} failed", "nothing was published"), \
-            spark_session(spark, master=opts.master, conf=opts.spark_conf) as session, \
-            staged_folder(out, opts.overwrite) as tmp:
-        started = time.monotonic()
-        manifest = job.run(session, lay, tmp, fractions, options, opts.progress)
-        seconds = time.monotonic() - started
-        processed = sum(s.rows for s in manifest.splits.values()) + manifest.rejected
-        manifest.stats.update(seconds=round(seconds, 3), images_per_s=round(processed / max(seconds, 1e-9), 1))
-        manifest.save(tmp)
+            spark_session(spark, master=opts.master, conf=opts.spark_conf) as session:
+        source = lay or frames.frame_source(session, opts.table, image_column=opts.image_column,
+                                            path_column=opts.path_column, label_column=opts.label_column,
+                                            id_column=opts.id_column, class_names=opts.class_names)
+        options = {"images": opts.images if lay is None or is_s3(opts.images) else os.path.abspath(opts.images),
+                   "layout": source.name, "root": source.root, "split": list(fractions), "seed": opts.seed,
+                   "quality": opts.quality, "max_side": opts.max_side, "files_per_split": opts.files_per_split,
+                   "row_group_mb": opts.row_group_mb}
+        with publish(out, opts.overwrite, run_id, storage) as folder:
+            started = time.monotonic()
+            manifest, rejected = job.run(session, source, folder, run_id, fractions, options, opts.progress, storage)
+            seconds = time.monotonic() - started
+            processed = sum(s.rows for s in manifest.splits.values()) + manifest.rejected
+            manifest.stats.update(seconds=round(seconds, 3), images_per_s=round(processed / max(seconds, 1e-9), 1))
+            save_manifest(folder, manifest, storage)  # last of the data set: in S3, the commit
+            job.write_rejected(folder, rejected, storage)
     return manifest
 
 
@@ -102,7 +139,7 @@ def summary(manifest: Manifest, out: str) -> str:
     lines = [
         f"converted {sum(v.rows for v in s.values())} images in {manifest.num_classes} classes to {out}",
         "  " + ", ".join(f"{k} {v.rows} ({v.files} files, {v.row_groups} row groups)" for k, v in s.items()),
-        f"  rejected {manifest.rejected}" + (f" (see {os.path.join(out, REJECTED_CSV)})" if manifest.rejected else "")
+        f"  rejected {manifest.rejected}" + (f" (see {join(out, REJECTED_CSV)})" if manifest.rejected else "")
         + f", skipped {manifest.stats.get('skipped', 0)} non-image files, "
           f"re-encoded {manifest.stats.get('reencoded', 0)}",
         f"  wrote {total_bytes / 2**20:.1f} MiB in {manifest.stats.get('seconds', 0):.1f} s "

@@ -14,10 +14,11 @@ many row groups per file). Sizes are estimated from the kept JPEG bytes;
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
+
+from data.convert.files import open_file
 
 MIB = 2 ** 20
 FILE_TARGET_BYTES = 128 * MIB
@@ -45,18 +46,14 @@ def plan_split(rows: int, est_bytes: int, files_per_split: int | None = None,
     return RowGroupPlan(files=max(1, min(files, rows)), row_group_bytes=max(1, row_group))
 
 
-def parquet_files(folder: str) -> list[str]:
-    """The data files of a split folder, in name (= row) order."""
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.endswith(".parquet") and not f.startswith((".", "_")))
-
-
-def read_footers(folder: str, expected_rows: int) -> dict[str, int]:
-    """Real file, row-group and byte counts of a written split, checked against rows."""
-    files = parquet_files(folder)
-    metas = [pq.ParquetFile(f).metadata for f in files]
-    rows = sum(m.num_rows for m in metas)
+def read_footers(paths: list[str], expected_rows: int, storage: dict[str, str] | None) -> dict[str, int]:
+    """Real file, row-group and byte counts of a written split's files, checked against rows."""
+    metas = []
+    for path in paths:
+        with open_file(path, "rb", storage) as f:
+            metas.append((pq.ParquetFile(f).metadata, f.seek(0, 2)))
+    rows = sum(m.num_rows for m, _ in metas)
     if rows != expected_rows:
-        raise RuntimeError(f"{folder}: Parquet footers hold {rows} rows, expected {expected_rows}")
-    return {"files": len(files), "row_groups": sum(m.num_row_groups for m in metas),
-            "bytes": sum(os.path.getsize(f) for f in files)}
+        raise RuntimeError(f"{paths[0]}...: Parquet footers hold {rows} rows, expected {expected_rows}")
+    return {"files": len(paths), "row_groups": sum(m.num_row_groups for m, _ in metas),
+            "bytes": sum(size for _, size in metas)}
