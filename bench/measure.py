@@ -120,8 +120,8 @@ def ceiling_rate(decode_one: Callable[[bytes], object], blobs: list[bytes], seco
 
 def convert_checker(quality: int, max_side: int | None) -> Callable[[bytes], object]:
     """What ``data.convert`` does to each file's bytes: decode fully, check, keep or re-encode
-    (:func:`data.convert.images.try_rgb_jpeg`): the work its conversion ceiling counts."""
-    from data.convert.images import try_rgb_jpeg
+    (:func:`data.images.try_rgb_jpeg`): the work its conversion ceiling counts."""
+    from data.images import try_rgb_jpeg
 
     return lambda data: try_rgb_jpeg(data, quality, max_side)
 

@@ -83,7 +83,7 @@ def make_petastorm_converter(spark, images: str, cache_dir: str):
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
     from pyspark.sql import functions as F
 
-    from data.convert.layouts import image_glob
+    from data.image_folder import image_glob
 
     classes = class_names(images)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + os.path.abspath(cache_dir))

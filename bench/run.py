@@ -31,7 +31,7 @@ from bench import measure as bm
 from bench import paths as bp
 from bench.options import RESIZED_SIDE, BenchOptions, parse_args
 from bench.report import CONVERT_CEILING, DESCRIPTIONS, goal_checks, mark_train_goal, path_table, write_outputs
-from data.convert.images import DEFAULT_QUALITY
+from data.images import DEFAULT_QUALITY
 from data.errors import UserError, cli
 from data.manifest import Manifest
 

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from data.convert.files import join, list_sizes, open_file, read_bytes
-from data.convert.layouts import IMAGE_EXTENSIONS, image_files, visible_images
-from data.convert.staging import check_out, staged_folder
+from data.files import join, list_sizes, open_file, read_bytes
+from data.image_folder import IMAGE_EXTENSIONS, image_files, visible_images
+from data.staging import check_out, staged_folder
 from data.errors import UserError, cli
 from data.manifest import Manifest
 from data.object_store import is_s3, s3_settings

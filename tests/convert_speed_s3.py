@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 
 def per_read_ms(paths: list[str], storage) -> float:
-    from data.convert.files import read_bytes
+    from data.files import read_bytes
 
     started = time.perf_counter()
     for path in paths:
@@ -35,8 +35,8 @@ def main() -> None:
     p.add_argument("--images", required=True)
     images = os.path.abspath(p.parse_args().images)
     from data.convert import convert
-    from data.convert.files import join
-    from data.convert.layouts import image_files
+    from data.files import join
+    from data.image_folder import image_files
     from data.spark import get_spark
     from tests.s3_server import S3Server
 

@@ -2,7 +2,7 @@
 
 One path for every way of predicting (``trainer.predict``, the MLflow model in
 :mod:`trainer.mlflow_model`, ``launch.batch_predict`` on Spark): the bytes become an
-upright RGB JPEG as ``data.convert`` stores it (:func:`data.convert.images.to_rgb_jpeg`;
+upright RGB JPEG as ``data.convert`` stores it (:func:`data.images.to_rgb_jpeg`;
 a stored RGB JPEG is kept byte-for-byte), then the eval transform
 (:func:`data.transforms.decode_eval`: resize + centre crop to the trained size) and the
 batch normalisation of the loaders (:func:`data.transforms.normalize`). So a converted
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data.convert.images import BadImage, to_rgb_jpeg
+from data.images import BadImage, to_rgb_jpeg
 from data.transforms import normalize
 from data.transforms import decode_eval
 from trainer import checkpoint as ck

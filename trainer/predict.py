@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.convert.images import BadImage
+from data.images import BadImage
 from data.errors import UserError, cli
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting

@@ -3,7 +3,7 @@
 The job itself is :mod:`data.convert.job`; this module owns what surrounds it: the
 options, the input (an image folder, local or in S3, or a DataFrame/table:
 :mod:`data.convert.frames`), the Spark session and its runtime settings, the publish
-(:mod:`data.convert.staging`: a staged folder renamed, or in S3 the manifest written last)
+(:mod:`data.staging`: a staged folder renamed, or in S3 the manifest written last)
 and the end-of-run summary.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from data.convert import frames, job, layouts
-from data.convert.files import join
-from data.convert.images import DEFAULT_QUALITY
+from data.files import join
+from data.images import DEFAULT_QUALITY
 from data.convert.layouts import LAYOUTS
 from data.convert.splits import DEFAULT_SPLIT, Fractions, parse_split
-from data.convert.staging import check_out, publish, save_manifest
+from data.staging import check_out, publish, save_manifest
 from data.errors import UserError, storage_errors
 from data.manifest import REJECTED_CSV, Manifest
 from data.object_store import aws_variables, is_s3

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from data.convert.files import read_bytes
+from data.files import read_bytes
 from data.convert.layouts import ALL
 from data.convert.rows import check_image, rejected_row
 from data.errors import UserError

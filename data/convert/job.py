@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 
 from data.convert import frames, layouts
-from data.convert.files import join, open_file, remove_tree
-from data.convert.images import EMPTY_FILE
+from data.files import join, open_file, remove_tree
+from data.image_folder import IMAGE_EXTENSIONS
+from data.images import EMPTY_FILE
 from data.convert.progress import spark_progress
 from data.convert.row_groups import RowGroupPlan, plan_split, read_footers
 from data.convert.rows import DECODED_COLUMNS, KEPT, REJECTED, SKIPPED, decoded_files
@@ -153,7 +154,7 @@ def _check_found(source: Source, strata: Strata, rejected: list[tuple[str, str]]
         raise UserError(f"none of the {len(rejected)} {where} could be read ({examples})")
     if isinstance(source, frames.FrameSource):
         raise UserError(f"{source.root} has no rows")
-    exts = " ".join(layouts.IMAGE_EXTENSIONS)
+    exts = " ".join(IMAGE_EXTENSIONS)
     raise UserError(f"no images found under {source.root} (looked for {exts} files inside class folders)")
 
 

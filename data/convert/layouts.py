@@ -8,7 +8,7 @@
   val is carved out of the official train list (see :mod:`data.convert.splits`).
 
 DIR may be a local folder or an S3 URL (``s3://``, ``s3a://``): there the driver lists
-the keys once (:func:`data.convert.files.list_sizes`) and the tasks read the objects.
+the keys once (:func:`data.files.list_sizes`) and the tasks read the objects.
 Paths are relative to the layout's image root (DIR, or ``food-101/images``) with
 forward slashes. Hidden files and folders (name starting with ``.``) and files
 without an image extension are not part of the data set (skipped, not rejected).
@@ -19,15 +19,14 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from data.convert.files import join, list_sizes, read_bytes
+from data.files import join, list_sizes, read_bytes
+from data.image_folder import IMAGE_EXTENSIONS, image_files, visible_images
 from data.errors import UserError
 from data.object_store import is_s3
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 LAYOUTS = ("auto", "folder", "food101")
 ALL = "all"  # the part of an image that has no official split
 FOOD101_META = ("classes.txt", "train.txt", "test.txt")
-SPARK_HIDDEN = (".", "_")  # Spark's file listing skips names starting with these
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Layout:
             return []
 
     def listing(self) -> tuple[list[str], list[str]]:
-        """The files the conversion reads (:func:`image_files`) and, apart, its zero-byte
+        """The files the conversion reads (:func:`data.image_folder.image_files`) and, apart, its zero-byte
         data set images (rejected without a read); relative paths, sorted."""
         files, empty = [], []
         objects = self.objects
@@ -81,33 +80,6 @@ class Layout:
             elif self.locate(rel) is not None:
                 empty.append(rel)
         return files, empty
-
-
-def image_files(root: str) -> list[str]:
-    """Image files under ``root`` (relative, ``/``-separated, sorted): image extensions in
-    any case; nothing whose name, or a folder's on the way, starts with ``.`` or ``_``
-    (Spark's rule for hidden files, kept so a data set converts as it always did)."""
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(SPARK_HIDDEN)]
-        rel = os.path.relpath(folder, root).replace(os.sep, "/")
-        for name in names:
-            if not name.startswith(SPARK_HIDDEN) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(name if rel == "." else f"{rel}/{name}")
-    return sorted(found)
-
-
-def visible_images(relpaths) -> list[str]:
-    """:func:`image_files`' rule applied to a listing of relative paths."""
-    return sorted(rel for rel in relpaths if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
-                  and not any(p.startswith(SPARK_HIDDEN) for p in rel.split("/")))
-
-
-def image_glob() -> str:
-    """A case-insensitive Hadoop glob for image file names (Spark ``pathGlobFilter``)."""
-    def anycase(ext: str) -> str:
-        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext[1:])
-    return "*.{" + ",".join(anycase(e) for e in IMAGE_EXTENSIONS) + "}"
 
 
 def detect(images: str, layout: str = "auto", storage: dict[str, str] | None = None) -> Layout:

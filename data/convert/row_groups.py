@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from data.convert.files import open_file
+from data.files import open_file
 
 MIB = 2 ** 20
 FILE_TARGET_BYTES = 128 * MIB

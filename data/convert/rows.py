@@ -15,8 +15,8 @@ import contextlib
 import uuid
 from typing import Callable, Iterable, Iterator
 
-from data.convert.files import join, open_file, read_bytes
-from data.convert.images import try_rgb_jpeg
+from data.files import join, open_file, read_bytes
+from data.images import try_rgb_jpeg
 from data.convert.layouts import Layout
 
 KEPT, REJECTED, SKIPPED = "kept", "rejected", "skipped"  # a row's status

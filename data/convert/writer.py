@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.convert.files import open_file, read_bytes
+from data.files import open_file, read_bytes
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("path", pa.string()),
                     ("width", pa.int32()), ("height", pa.int32())])

@@ -5,7 +5,7 @@ writes, from :mod:`data.synthetic`'s photo-like 512x384 JPEGs (about 100 KB each
 
 * ``DIR/images/<class>/<image>.jpg``: the image folder (``raw_files``, ``decode_ceiling``);
 * ``DIR/data``: the files as ``data.convert`` stores RGB JPEGs, byte for byte;
-* ``DIR/data_256``: each re-encoded by :func:`data.convert.images.to_rgb_jpeg` at max side 256,
+* ``DIR/data_256``: each re-encoded by :func:`data.images.to_rgb_jpeg` at max side 256,
   as ``data.convert --max-side 256`` does.
 
 Both Parquet sets hold one ``train`` split in exactly ``--row-groups`` row groups, rows
@@ -21,7 +21,7 @@ from multiprocessing import Pool
 import numpy as np
 
 from bench.options import RESIZED_SIDE
-from data.convert.images import to_rgb_jpeg
+from data.images import to_rgb_jpeg
 from data.manifest import Manifest
 from data.synthetic import make_image
 from tests.parquet_sets import write_split

@@ -1,4 +1,4 @@
-"""data.convert.images: what is kept byte-for-byte, what is converted, what is rejected (no Spark)."""
+"""data.images: what is kept byte-for-byte, what is converted, what is rejected (no Spark)."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.convert.images import BadImage, to_rgb_jpeg, try_rgb_jpeg
+from data.images import BadImage, to_rgb_jpeg, try_rgb_jpeg
 from tests.sample_images import encode, noise, png_header_only
 
 

@@ -20,7 +20,7 @@ import shutil
 import uuid
 from typing import Iterator
 
-from data.convert.files import delete, join, list_sizes, open_file
+from data.files import delete, join, list_sizes, open_file
 from data.errors import UserError
 from data.manifest import MANIFEST, REJECTED_CSV, Manifest
 from data.object_store import arrow_url, is_s3
