@@ -85,7 +85,7 @@ class Job:
     backbone: list[nn.Parameter]  # the pretrained parameters (--freeze-backbone-epochs); empty without weights
     ema: ModelEma | None      # --model-ema
     mixing: BatchMixing | None  # --mixup-alpha / --cutmix-alpha
-    lr: float                 # the peak LR (after warm-up): --lr or the linear scaling rule
+    lr: float                 # the peak LR (after warm-up): --lr or the optimizer's batch scaling rule
     warmup_steps: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
