@@ -42,12 +42,13 @@ import glob, json, os, statistics, sys
 rows = {}
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "runs", "*", "*", "seed*", "summary.json"))):
     set_, name, seed = path.split(os.sep)[-4:-1]
-    rows.setdefault((set_, name), []).append((seed[4:], json.load(open(path))["val_top1"]))
-print("| set | recipe | seeds | val top-1 mean | per seed |\n|---|---|---|---|---|")
+    summary = json.load(open(path))
+    rows.setdefault((set_, name), []).append((seed[4:], summary["val_top1"], summary["val_loss"]))
+print("| set | recipe | seeds | val top-1 mean | per seed | val loss mean |\n|---|---|---|---|---|---|")
 for (set_, name), runs in rows.items():
-    top1 = [t for _, t in runs]
-    print(f"| {set_} | {name} | {', '.join(s for s, _ in runs)} | {statistics.mean(top1):.3f} | "
-          f"{' / '.join(f'{t:.3f}' for t in top1)} |")
+    top1 = [t for _, t, _ in runs]
+    print(f"| {set_} | {name} | {', '.join(s for s, _, _ in runs)} | {statistics.mean(top1):.3f} | "
+          f"{' / '.join(f'{t:.3f}' for t in top1)} | {statistics.mean(l for _, _, l in runs):.3f} |")
 PY
     ;;
 esac
