@@ -19,7 +19,6 @@ from tests.procs import TIMEOUT_S, ok, one_error_line, run, summary_of
 from trainer import checkpoint as ck
 from trainer.model import DOWNLOAD_TIMEOUT_S, fetch_weights, model_from_checkpoint, weights_cache_path
 from trainer.precision import FORCE_SCALER_ENV
-from trainer.schedule import peak_lr
 
 DEFAULTS_RUN = ["--model", "resnet18", "--image-size", "32", "--epochs", "6", "--batch-size", "32"]
 # 114 steps of ResNet-18 on 2 x 32 images at 32 px (the digits are 8 x 8): about a minute on
@@ -67,14 +66,6 @@ def test_all_defaults_learn_a_small_real_data_set(digits, tmp_path):
     # Chance is 0.10; a learning rate tuned for 8 GPUs ends near 0.3, this recipe above 0.9.
     assert summary["val_top1"] >= 0.85, summary
 
-
-@pytest.mark.parametrize("optimizer,global_batch,lr", [
-    ("sgd", 256, 0.1), ("sgd", 1024, 0.4), ("sgd", 64, 0.025),  # torchvision's ResNet recipe, scaled linearly
-    ("adamw", 64, 0.002), ("adamw", 1024, 0.008),  # the default, scaled by the square root
-])
-def test_each_optimizer_scales_its_base_lr_with_the_global_batch(optimizer, global_batch, lr):
-    assert peak_lr(None, None, optimizer, global_batch) == pytest.approx(lr)
-    assert peak_lr(0.3, None, optimizer, global_batch) == 0.3  # --lr is taken as it is
 
 
 def test_scaler_augmentations_ema_and_mixing_resume_exactly(seven_groups, tmp_path, monkeypatch):
