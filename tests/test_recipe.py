@@ -55,15 +55,17 @@ def digits(spark, tmp_path_factory):
 @pytest.mark.timeout(2 * LEARNING_TIMEOUT_S)
 def test_all_defaults_learn_a_small_real_data_set(digits, tmp_path):
     # The run a new user starts first: 2 CPU ranks x 32 images, ResNet-18 at 32 px, 6 epochs,
-    # every optimisation setting left at its default (SGD at 0.1 x 64 / 256, 1 warm-up epoch).
+    # every optimisation setting left at its default (AdamW at 0.004 x sqrt(64 / 256), 1 warm-up epoch).
     data, manifest = digits
     assert manifest.num_classes == 10 and 1200 < manifest.splits["train"].rows < 1300
     result, summary = train(data, str(tmp_path), *DEFAULTS_RUN, "--no-progress", timeout=LEARNING_TIMEOUT_S)
-    assert "sgd LR 0.025 (0.1 per 256 images x global batch 64 / 256), linear warm-up over 19 steps" in result.stdout
+    assert ("adamw LR 0.002 (0.004 per 256 images x sqrt(global batch 64 / 256)), linear warm-up over 19 steps"
+            in result.stdout)
     params = mlflow_params(summary)
-    assert (float(params["effective_lr"]), params["effective_warmup_steps"]) == (0.025, "19")
+    assert (float(params["effective_lr"]), params["effective_warmup_steps"]) == (0.002, "19")
     # Chance is 0.10; a learning rate tuned for 8 GPUs ends near 0.3, this recipe above 0.9.
     assert summary["val_top1"] >= 0.85, summary
+
 
 
 def test_scaler_augmentations_ema_and_mixing_resume_exactly(seven_groups, tmp_path, monkeypatch):

@@ -54,12 +54,15 @@ class TrainConfig:
                                   help="canonical train streams: the global sample order depends on these and the "
                                        "global batch, not on the world size; a run resumes exactly on any world "
                                        "size that divides C")
-    lr: float | None = setting(None, above=0, metavar="LR", doc="--base-lr x global batch / 256",
-                               help="peak learning rate (after warm-up), exactly; default: the linear scaling rule")
-    base_lr: float | None = setting(None, above=0, metavar="LR", doc="0.1 (sgd), 0.001 (adamw)",
+    lr: float | None = setting(None, above=0, metavar="LR",
+                               doc="--base-lr x sqrt(global batch / 256) (adamw), x global batch / 256 (sgd)",
+                               help="peak learning rate (after warm-up), exactly; default: the optimizer's batch "
+                                    "scaling rule")
+    base_lr: float | None = setting(None, above=0, metavar="LR", doc="0.004 (adamw), 0.1 (sgd)",
                                     help="learning rate per 256 images of global batch, when --lr is not given")
-    optimizer: str = setting("sgd", choices=("sgd", "adamw"),
-                             help="SGD uses Nesterov momentum; no weight decay on biases and norm weights")
+    optimizer: str = setting("adamw", choices=("sgd", "adamw"),
+                             help="AdamW; or SGD with Nesterov momentum (the large-batch ResNet recipe); no weight "
+                                  "decay on biases and norm weights")
     momentum: float = setting(0.9, metavar="M", help="SGD momentum")
     weight_decay: float = setting(1e-4, metavar="W", help="weight decay (not on biases and norm weights)")
     warmup_epochs: float = setting(1.0, minimum=0, metavar="E",

@@ -44,7 +44,7 @@ from trainer.metrics import evaluate
 from trainer.mixing import BatchMixing
 from trainer.model import fetch_weights, pretrained_model, to_device
 from trainer.precision import autocast_context, make_scaler, precision_dtype, precision_name
-from trainer.schedule import BASE_LR, peak_lr, warmup_cosine, warmup_length
+from trainer.schedule import lr_rule, peak_lr, warmup_cosine, warmup_length
 from trainer.tracking import NullTracker, make_tracker
 from trainer.watchdog import Watchdog
 
@@ -85,7 +85,7 @@ class Job:
     backbone: list[nn.Parameter]  # the pretrained parameters (--freeze-backbone-epochs); empty without weights
     ema: ModelEma | None      # --model-ema
     mixing: BatchMixing | None  # --mixup-alpha / --cutmix-alpha
-    lr: float                 # the peak LR (after warm-up): --lr or the linear scaling rule
+    lr: float                 # the peak LR (after warm-up): --lr or the optimizer's batch scaling rule
     warmup_steps: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -398,9 +398,7 @@ def fit(job: Job) -> dict:
            f"global batch {job.global_batch} ({job.dist.world_size} rank(s) x {cfg.grad_accum} x micro-batch "
            f"{job.micro_batch}) from {job.streams} streams, {cfg.epochs} epochs x {job.steps_per_epoch} steps, "
            f"device {job.dist.device.type}, {precision_name(job.autocast_dtype)}")
-    global_batch = job.global_batch
-    rule = "--lr" if cfg.lr is not None else (f"{cfg.base_lr or BASE_LR[cfg.optimizer]:g} per 256 images x "
-                                             f"global batch {global_batch} / 256")
+    rule = lr_rule(cfg.lr, cfg.base_lr, cfg.optimizer, job.global_batch)
     print0(f"{cfg.optimizer} LR {job.lr:.4g} ({rule}), linear warm-up over {job.warmup_steps} steps, "
            f"then cosine to 0" + (f"; pretrained layers at {cfg.backbone_lr_factor:g} x" if job.backbone and
                                   cfg.backbone_lr_factor != 1 else ""))

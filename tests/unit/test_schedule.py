@@ -1,4 +1,4 @@
-"""trainer.schedule: the linear scaling rule, the warm-up length, warm-up then cosine."""
+"""trainer.schedule: the batch scaling rules, the warm-up length, warm-up then cosine."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +11,14 @@ def test_an_explicit_lr_wins_and_otherwise_the_base_scales_with_the_global_batch
     assert peak_lr(0.5, 0.1, "sgd", 4096) == 0.5
     assert peak_lr(None, 0.2, "sgd", REFERENCE_BATCH * 4) == pytest.approx(0.8)
     assert peak_lr(None, None, "sgd", 2 * REFERENCE_BATCH) == pytest.approx(2 * peak_lr(None, None, "sgd", REFERENCE_BATCH))
+
+
+@pytest.mark.parametrize("optimizer,global_batch,lr", [
+    ("sgd", 256, 0.1), ("sgd", 1024, 0.4), ("sgd", 64, 0.025),  # torchvision's ResNet recipe, scaled linearly
+    ("adamw", 64, 0.002), ("adamw", 1024, 0.008),  # the default, scaled by the square root
+])
+def test_each_optimizer_scales_its_default_base_lr_with_the_global_batch(optimizer, global_batch, lr):
+    assert peak_lr(None, None, optimizer, global_batch) == pytest.approx(lr)
 
 
 def test_warmup_is_exact_steps_when_given_else_epochs_capped_at_half_the_run():
