@@ -24,6 +24,13 @@ class PeerFailure(UserError):
     exit_code = 1
 
 
+class RunFailure(UserError):
+    """The run's machinery failed (a loader worker died or froze, the object store stayed
+    away): printed as one line, exit status 1 (not a usage error)."""
+
+    exit_code = 1
+
+
 # What a full disk, a read-only mount or missing permissions look like, from Python's
 # OSError or inside a Spark/Hadoop (Java) error message.
 STORAGE_PROBLEMS = ("No space left on device", "Disk quota exceeded", "Read-only file system",

@@ -44,6 +44,7 @@ import contextlib
 import functools
 import itertools
 import json
+import multiprocessing.connection
 import os
 import time
 from typing import Iterator, NamedTuple
@@ -53,7 +54,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data import workers as wp
-from data.errors import UserError
+from data.errors import RunFailure, UserError
 from data.gpu_decode import JpegBatch, jpeg_batch
 from data.object_store import s3_settings
 from data.order import (DEFAULT_SHUFFLE_ROWS, augment_key, augment_rng, batches_of, check_streams, default_streams,
@@ -253,14 +254,16 @@ class Batches:
                                   generator=torch.Generator(),
                                   collate_fn=_as_is, multiprocessing_context=wp.worker_context() if workers else None,
                                   worker_init_fn=init if workers else None)
+        self.rank, self.waiting = dataset.rank, False  # waiting: inside __next__ (the watchdog reads it)
         with wp.main_hidden():
             self._it = iter(self._loader)  # starts the workers
-        wp.register(self._it)
+        wp.register(self)
 
     def __iter__(self) -> "Batches":
         return self
 
     def __next__(self) -> tuple[torch.Tensor | JpegBatch, torch.Tensor]:
+        self.waiting = True
         try:
             if self.dataset.ring is not None:
                 return self._from_ring()
@@ -273,7 +276,36 @@ class Batches:
             return images, self._labels(labels)
         except UserError as exc:  # from a worker: its text is "Caught UserError in ...", a traceback, the message
             last = str(exc).strip().splitlines()[-1]
-            raise UserError(last.split("UserError: ", 1)[-1]) from None
+            raise type(exc)(last.split(f"{type(exc).__name__}: ", 1)[-1]) from None
+        except StopIteration:
+            raise
+        except Exception:  # a dead worker shows as one of several errors (exited unexpectedly, connection refused)
+            gone = self._gone_worker()
+            if gone is None:
+                raise
+            raise RunFailure(gone) from None
+        finally:
+            self.waiting = False
+
+    def workers(self) -> list:
+        """The worker processes (none after close)."""
+        return getattr(self._it, "_workers", [])
+
+    def awaited_worker(self) -> int | None:
+        """The worker whose batch ``__next__`` waits for (the DataLoader hands batches out in order)."""
+        task = getattr(self._it, "_task_info", {}).get(getattr(self._it, "_rcvd_idx", None))
+        return task[0] if task and len(task) == 1 else None
+
+    def _gone_worker(self) -> str | None:
+        """:func:`data.workers.describe_end` of a worker that has ended, if one has."""
+        procs = self.workers()
+        if not procs:
+            return None
+        multiprocessing.connection.wait([w.sentinel for w in procs], timeout=2.0)  # its end may still be on its way
+        for i, w in enumerate(procs):
+            if w.exitcode is not None:
+                return wp.describe_end(self.rank, i, w.pid, w.exitcode)
+        return None
 
     def _from_ring(self) -> tuple[torch.Tensor, torch.Tensor]:
         ring, size = self.dataset.ring, self.dataset.image_size
@@ -296,7 +328,7 @@ class Batches:
         return labels.pin_memory() if self._pin else labels
 
     def close(self) -> None:
-        wp.unregister(self._it)
+        wp.unregister(self)
         shutdown = getattr(self._it, "_shutdown_workers", None)
         if shutdown:
             shutdown()

@@ -9,13 +9,29 @@ the AWS CLI do: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` (and
 ``AWS_SESSION_TOKEN``), ``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL`` for a non-AWS
 endpoint (MinIO, Ceph, moto); s3fs is handed them explicitly here (:func:`petastorm_filesystem`).
 Spark's ``s3a://`` (and ``s3n://``) name the same objects: they are read as ``s3://``.
+
+Retry policy (a store that stalls or drops connections). The libraries' own retries are
+off (botocore, and s3fs's, which nest to 125 attempts of 15 s each: half an hour of
+silence before an error); instead each read a loader worker makes (opening a split,
+reading a row group) goes through :func:`retrying`: an attempt waits at most
+``CONNECT_TIMEOUT_S`` to connect and ``READ_TIMEOUT_S`` for an answer, and a timeout
+or a lost connection is retried after 1, 2, 4, 8, 16, 16, ... s. The same row group is
+read again, so the run goes on with the same images. A store still silent
+``STALL_LIMIT_S`` after the first failure ends the run with one line naming the URL
+(:class:`data.errors.RunFailure`), under 2.2 minutes after it stopped answering: before
+the trainer's watchdog (``--stacks-after``, 150 s by default) would take the waiting
+loader worker for frozen. Refusals (a wrong key, a missing object) are not retried.
 """
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from typing import Callable, TypeVar
 
 from pyarrow.filesystem import S3FSWrapper
+
+from data.errors import RunFailure
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", ENDPOINT_ENV)
@@ -26,6 +42,18 @@ S3_SCHEMES = ("s3", "s3a", "s3n")
 # of row groups) fetched 823 MiB from the server; 1 MiB: 45 MiB; 256 KiB: 27 MiB. 256 KiB
 # still covers the small label and path column chunks that follow each image chunk.
 READ_AHEAD = 256 * 2**10
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
+STALL_LIMIT_S = 90.0
+# What a store that stopped answering looks like (botocore, aiohttp, fsspec, the socket),
+# by class name anywhere in the exception's class hierarchy or its cause chain.
+TRANSIENT = frozenset({"ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+                       "ClientPayloadError", "ServerDisconnectedError", "ClientConnectorError", "ClientOSError",
+                       "FSTimeoutError", "IncompleteRead", "ResponseParserError", "TimeoutError", "ConnectionError"})
+# s3fs answers a listing that timed out as "no such path", which pyarrow then reports so;
+# the loaders read splits checked at start-up, so there it means the store did not answer.
+NO_LISTING = "Passed non-file path"
+T = TypeVar("T")
 
 
 def is_s3(url: str) -> bool:
@@ -94,9 +122,43 @@ def s3fs_filesystem(settings: dict[str, str]):
 
     client = {k: settings[v] for k, v in (("endpoint_url", ENDPOINT_ENV), ("region_name", "AWS_DEFAULT_REGION"))
               if v in settings}
-    return s3fs.S3FileSystem(key=settings.get("AWS_ACCESS_KEY_ID"), secret=settings.get("AWS_SECRET_ACCESS_KEY"),
-                             token=settings.get("AWS_SESSION_TOKEN"), client_kwargs=client,
-                             default_block_size=READ_AHEAD)
+    fs = s3fs.S3FileSystem(key=settings.get("AWS_ACCESS_KEY_ID"), secret=settings.get("AWS_SECRET_ACCESS_KEY"),
+                           token=settings.get("AWS_SESSION_TOKEN"), client_kwargs=client, default_block_size=READ_AHEAD,
+                           config_kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
+                                          "retries": {"total_max_attempts": 1}})  # retrying() retries
+    fs.retries = 1  # one attempt per s3fs call (see the module docstring)
+    return fs
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store did not answer (worth retrying), not that it refused."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(cls.__name__ in TRANSIENT for cls in type(exc).__mro__) or NO_LISTING in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retrying(url: str, read: Callable[[], T], limit_s: float = STALL_LIMIT_S) -> T:
+    """``read()``, retried as the module docstring says while the store at ``url`` does not
+    answer; past ``limit_s`` of failures, one line naming ``url``."""
+    first, delay = None, 1.0
+    while True:
+        try:
+            return read()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            first = time.monotonic() if first is None else first
+            if time.monotonic() - first >= limit_s:
+                raise RunFailure(f"cannot read {url}: the object store did not answer for "
+                                 f"{time.monotonic() - first + READ_TIMEOUT_S:.0f} s (retried for {limit_s:g} s; "
+                                 f"{problem(exc)}): check the store and AWS_ENDPOINT_URL, then rerun with "
+                                 "--resume auto") from None
+            time.sleep(delay)
+            delay = min(2 * delay, 16.0)
 
 
 class _LegacyS3(S3FSWrapper):

@@ -19,7 +19,7 @@ import numpy as np
 
 from data.errors import UserError
 from data.manifest import COLUMNS, Manifest, split_files, split_url
-from data.object_store import arrow_url, petastorm_filesystem, problem
+from data.object_store import arrow_url, is_s3, petastorm_filesystem, problem, retrying
 from data.order import Rows
 
 # petastorm 0.12 calls pyarrow 14's legacy ParquetDataset API (the reason for the pin);
@@ -150,13 +150,27 @@ class RowGroupReader:
         self.split, self._pool = split, InlinePool()
         fs, paths = get_filesystem_and_path_or_paths([arrow_url(u) for u in split.sources],
                                                      filesystem=petastorm_filesystem(split.url, storage))
-        self._reader = Reader(fs, paths, schema_fields=list(COLUMNS), worker_class=ArrowReaderWorker,
-                              reader_pool=self._pool, shuffle_row_groups=False, num_epochs=1, is_batched_reader=True)
+        # From an object store, a stalled read is retried (data.object_store's policy).
+        self._retrying = retrying if is_s3(split.url) else lambda url, read: read()
+        self._reader = self._retrying(split.url, lambda: Reader(
+            fs, paths, schema_fields=list(COLUMNS), worker_class=ArrowReaderWorker, reader_pool=self._pool,
+            shuffle_row_groups=False, num_epochs=1, is_batched_reader=True))
+
+    def _file(self, group: int) -> str:
+        """The file holding row group ``group``, as its URL (to name it in an error)."""
+        for source, (_, groups) in zip(self.split.sources, self.split.files):
+            if group < groups:
+                return source
+            group -= groups
+        return self.split.url
+
+    def _next(self, group: int):
+        self._pool.queue(group)  # again, after a failed attempt: the pool dropped it
+        return next(self._reader)
 
     def read(self, group: int) -> Rows:
         """Row group ``group`` (numbered as :attr:`ParquetSplit.group_rows`), all its rows."""
-        self._pool.queue(group)
-        chunk = next(self._reader)
+        chunk = self._retrying(f"{self._file(group)} (row group {group})", lambda: self._next(group))
         if len(chunk.label) != self.split.group_rows[group]:
             raise UserError(f"{self.split.url}: row group {group} holds {len(chunk.label)} rows, its footer said "
                             f"{self.split.group_rows[group]} (files changed since the split was checked?)")

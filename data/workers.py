@@ -10,6 +10,11 @@ script (:func:`main_hidden`), so a script without an ``if __name__ == "__main__"
 guard works. Each worker ends with the rank that owns it (:func:`worker_init`), and on
 ``SIGUSR1`` writes its threads' stacks where ``SPARKDP_STACKS_DIR`` says (the trainer's
 hang watchdog sends it to :func:`live_workers`).
+
+A worker that dies (the OOM killer's SIGKILL) or freezes must not leave its rank with a
+raw DataLoader traceback or waiting until a collective times out: the rank names the
+worker, the cause and the memory it held when last seen (:func:`describe_end`), and a
+worker its loader waited on past the watchdog's limit is ended (:func:`end_stalled`).
 """
 from __future__ import annotations
 
@@ -28,8 +33,6 @@ from typing import Iterator
 WORKER_START = "forkserver"
 STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
 PRELOAD = ["data.loader", "petastorm", "petastorm.reader", "petastorm.arrow_reader_worker"]  # every worker's imports
-
-_LIVE: "weakref.WeakSet" = weakref.WeakSet()  # the DataLoader iterators whose workers run
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -87,25 +90,151 @@ def _exit_with(pid: int) -> None:
             os._exit(1)
 
 
+def stacks_file(directory: str, rank: int, worker: int) -> str:
+    """Where loader worker ``worker`` of rank ``rank`` writes its stacks."""
+    return os.path.join(directory, f"rank{rank}-worker{worker}.txt")
+
+
 def worker_init(stacks_dir: str | None, rank: int, owner: int, worker: int) -> None:
     """In each worker: end with the rank that owns it; on SIGUSR1, write all its threads'
     stacks to ``stacks_dir``."""
     threading.Thread(target=_exit_with, args=(owner,), name="sparkdp-owner-watch", daemon=True).start()
     if stacks_dir:
         os.makedirs(stacks_dir, exist_ok=True)
-        dump = open(os.path.join(stacks_dir, f"rank{rank}-worker{worker}.txt"), "a")  # kept open for the handler
+        dump = open(stacks_file(stacks_dir, rank, worker), "a")  # kept open for the handler
         faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
 
 
-def register(loader_iterator) -> None:
-    """Count a DataLoader iterator's workers in :func:`live_workers` while it lives."""
-    _LIVE.add(loader_iterator)
+# Loaders whose workers run (data.loader.Batches: ``workers()``, ``waiting``, ``awaited_worker()``,
+# ``rank``), what each worker's memory was when last seen, and why the rank ended a worker itself.
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()
+_RSS: dict[int, int] = {}       # pid -> resident bytes, sampled by sample_memory()
+_VERDICTS: dict[int, str] = {}  # pid -> why end_stalled() killed it
+_STALL_TICKS: dict[int, int | None] = {}  # pid -> its CPU time at end_stalled()'s last look
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 
 
-def unregister(loader_iterator) -> None:
-    _LIVE.discard(loader_iterator)
+def register(loader) -> None:
+    """Count a loader's workers in :func:`live_workers` while it lives."""
+    _LIVE.add(loader)
+
+
+def unregister(loader) -> None:
+    _LIVE.discard(loader)
 
 
 def live_workers() -> list[tuple[int, int]]:
     """``(worker index, pid)`` of every loader worker this process has running."""
-    return [(i, w.pid) for it in list(_LIVE) for i, w in enumerate(getattr(it, "_workers", [])) if w.pid is not None]
+    return [(i, w.pid) for loader in list(_LIVE) for i, w in enumerate(loader.workers()) if w.pid is not None]
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def wchan(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+def dump_workers(rank: int, directory: str) -> list[str]:
+    """Ask this rank's loader workers for their stacks; one line per worker on what happened."""
+    lines = []
+    for worker, pid in live_workers():
+        status = proc_status(pid)
+        state = status.get("State", "gone")
+        where = f"loader worker {worker} (pid {pid}): state {state}, waiting in {wchan(pid)}"
+        if not status:
+            lines.append(f"{where}: the process is gone")
+        elif state.startswith("T"):
+            lines.append(f"{where}: STOPPED (SIGSTOP or a debugger), so it cannot dump its stacks")
+        elif not int(status.get("SigCgt", "0"), 16) & _SIGUSR1_BIT:
+            lines.append(f"{where}: NOT STARTED - it never reached its worker loop (no stack handler), "
+                         "e.g. stuck between fork and start")
+        else:
+            os.kill(pid, signal.SIGUSR1)
+            lines.append(f"{where}: stacks in {stacks_file(directory, rank, worker)}")
+    return lines
+
+
+def sample_memory() -> None:
+    """Note each live loader worker's resident memory, so a worker the OOM killer ends can
+    be described by what it held (the trainer's watchdog calls this every second)."""
+    live = {pid for _, pid in live_workers()}
+    for pid in live:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                _RSS[pid] = int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+    for pid in set(_RSS) - live:
+        del _RSS[pid]
+    for pid in set(_STALL_TICKS) - live:
+        del _STALL_TICKS[pid]
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def end_stalled(idle_s: float, limit: str) -> list[str]:
+    """End the worker a waiting loader waits for, if it is frozen: a loader that delivered
+    nothing past ``limit`` while its worker is stopped (SIGSTOP) or used no CPU since the
+    last call (a deadlock, a read that never returns) would keep its rank waiting until a
+    collective times out, or for ever. A worker still computing is slow, not frozen, and
+    is left alone. The watchdog calls this every second of a stall, after writing the
+    stacks (:func:`dump_workers`). Returns one line per worker ended; the loader then
+    fails with :func:`describe_end`'s line."""
+    ended = []
+    for loader in [x for x in list(_LIVE) if x.waiting]:
+        worker = loader.awaited_worker()
+        procs = loader.workers()
+        if worker is None or worker >= len(procs) or procs[worker].pid is None:
+            continue
+        pid = procs[worker].pid
+        state = proc_status(pid).get("State", "gone")
+        ticks, before = _cpu_ticks(pid), _STALL_TICKS.get(pid)
+        _STALL_TICKS[pid] = ticks
+        if not state.startswith("T") and (before is None or ticks != before):
+            continue  # working (or first seen): look again in a second
+        if stacks_dir := os.environ.get(STACKS_DIR_ENV):  # let its SIGUSR1 handler finish writing
+            path, deadline = stacks_file(stacks_dir, loader.rank, worker), time.monotonic() + 2.0
+            while not state.startswith("T") and time.monotonic() < deadline and \
+                    not (os.path.exists(path) and os.path.getsize(path)):
+                time.sleep(0.05)
+        _VERDICTS[pid] = f"froze: it delivered nothing for {idle_s:.0f} s ({limit}; state {state}, waiting in " \
+                         f"{wchan(pid)}), so the rank ended it"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        ended.append(f"loader worker {worker} (pid {pid})")
+    return ended
+
+
+def describe_end(rank: int, worker: int, pid: int, exitcode: int | None) -> str:
+    """One line on a loader worker that is gone: which, why (a signal, the OOM killer, a
+    freeze) and the memory it held when last seen."""
+    cause = _VERDICTS.pop(pid, None)
+    if cause is None and exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        cause = f"was killed by {name}" + (" (the kernel's OOM killer, most likely, or kill -9)"
+                                           if -exitcode == signal.SIGKILL else "")
+    elif cause is None:
+        cause = f"exited with status {exitcode}"
+    rss = _RSS.pop(pid, None)
+    memory = f"{rss / 2**20:.0f} MiB resident when last seen" if rss else "not sampled"
+    stacks = os.environ.get(STACKS_DIR_ENV)
+    return (f"rank {rank}: loader worker {worker} (pid {pid}) {cause}; its memory: {memory}"
+            + (f"; Python stacks: {stacks}" if stacks else ""))

@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import runpy
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from data.errors import UserError, cli
+from data.errors import RunFailure, UserError, cli
 from data.spark import parse_conf, spark_session
 
 if TYPE_CHECKING:
@@ -161,10 +162,47 @@ def run(target: list[str] | Callable | str, *args, num_processes: int = 1, local
     else:
         raise UserError(f"run() takes trainer arguments, a function or a script path, not {type(target).__name__}")
     with spark_session(spark) as session:
-        value = _distribute(session, num_processes, local_mode, use_gpu, fn, args, kwargs)
+        try:
+            value = _distribute(session, num_processes, local_mode, use_gpu, fn, args, kwargs)
+        except Exception as exc:
+            lost = lost_rank(exc)
+            if lost is None:
+                raise
+            out = args[0].out if isinstance(target, (list, tuple)) else None
+            raise RunFailure(f"training stopped: Spark lost rank {lost[0]} ({lost[1]}); {resume_hint(out)}") from None
     if isinstance(target, (list, tuple)) and not isinstance(value, dict):
         raise RuntimeError(f"TorchDistributor returned {value!r} instead of rank 0's summary")
     return value
+
+
+# How Spark reports a barrier task (one per rank, task index = rank) that died with its
+# executor: the driver's Py4J error holds the task and the reason.
+LOST_TASK = re.compile(r"barrier task ResultTask\(\d+, (\d+)\)|Lost task (\d+)\.\d+ in stage")
+LOST_REASON = re.compile(r"(ExecutorLostFailure[^\n]*|Executor lost[^\n]*|Worker lost[^\n]*)")
+
+
+def lost_rank(exc: BaseException) -> tuple[int, str] | None:
+    """``(rank, Spark's reason)`` when ``exc`` says a rank's Spark task was lost, else None."""
+    text = str(exc)
+    task, reason = LOST_TASK.search(text), LOST_REASON.search(text)
+    if task is None or "SparkException" not in text and "Py4J" not in type(exc).__name__:
+        return None
+    return int(task.group(1) or task.group(2)), (reason.group(1) if reason else "its Spark task failed")[:200]
+
+
+def resume_hint(run_dir: str | None) -> str:
+    """What to rerun after a lost rank: the checkpoint ``--resume auto`` will continue from."""
+    if run_dir is None:
+        return "rerun it"
+    from trainer import checkpoint as ck
+
+    try:
+        path, state, _ = ck.load_resume(run_dir, "auto")
+    except UserError:
+        path = None
+    if path is None:
+        return f"no checkpoint in {ck.checkpoint_dir(run_dir)} yet: rerun the same command"
+    return f"rerun the same command with --resume auto to continue from {path} (step {state[ck.STEP]})"
 
 
 def _distribute(spark, num_processes: int, local_mode: bool, use_gpu: bool | None, fn: Callable, args: tuple,

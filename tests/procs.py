@@ -2,15 +2,18 @@
 
 ``start``/``finish`` serve scripts too (``tests/fault_suite.py``: ``finish`` returns None
 on a hang); ``run``/``completed`` fail the calling test instead, and ``ok``,
-``one_error_line`` and ``summary_of`` check what a finished process left behind.
+``one_error_line`` and ``summary_of`` check what a finished process left behind;
+``tiny_disk`` mounts a small tmpfs for full-disk tests.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,3 +77,26 @@ def summary_of(out: str) -> dict:
     """The ``summary.json`` a training run wrote into ``out``."""
     with open(os.path.join(out, "summary.json")) as f:
         return json.load(f)
+
+
+@contextlib.contextmanager
+def tiny_disk(path: str, size: str):
+    """A tmpfs of ``size`` at ``path`` (root only: skipped elsewhere)."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        for _ in range(25):  # Spark's JVM may hold a file for a moment
+            if subprocess.run(["umount", path], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        else:  # still held (the shared Spark session keeps a handle): detach it anyway
+            subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def resize_disk(path: str, size: str) -> None:
+    """Grow (or shrink) a :func:`tiny_disk` in place: the disk freed, as a user would."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", path], check=True, capture_output=True)

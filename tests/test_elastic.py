@@ -73,14 +73,17 @@ TRAIN = ["--model", "resnet18", "--image-size", "32", "--global-batch-size", str
          "--no-progress", "--streams", "4", "--auto-augment", "ta_wide", "--mixup-alpha", "0.4"]
 
 
-def train(data: str, out: str, nproc: int, accum: int, workers: int, *extra: str, record: str | None = None) -> str:
-    """Run the trainer with micro-batches of 4 images (16 images = ranks x accum x 4)."""
+def train(data: str, out: str, nproc: int, accum: int | None, workers: int, *extra: str,
+          record: str | None = None) -> str:
+    """Run the trainer with micro-batches of 4 images (16 images = ranks x accum x 4; accum
+    None: the default, which on resume keeps the checkpoint's micro-batch)."""
     if record:
         os.makedirs(record, exist_ok=True)
         os.environ[RECORD_PATHS_ENV] = record
     try:
-        result = ok(run("trainer.train", "--data", data, "--out", out, *TRAIN, "--grad-accum", str(accum),
-                        "--workers", str(workers), *extra, nproc=nproc))
+        result = ok(run("trainer.train", "--data", data, "--out", out, *TRAIN,
+                        *(["--grad-accum", str(accum)] if accum else []), "--workers", str(workers), *extra,
+                        nproc=nproc))
     finally:
         os.environ.pop(RECORD_PATHS_ENV, None)
     return result.stdout
@@ -116,11 +119,14 @@ def test_a_run_stopped_on_2_ranks_goes_on_on_1_then_4_ranks_with_the_same_global
     data, full, elastic = seven_groups[0], str(tmp_path / "full"), str(tmp_path / "elastic")
     train(data, full, 2, 2, 1, record=str(tmp_path / "paths_full"))
     train(data, elastic, 2, 2, 2, "--stop-after-steps", "2", record=str(tmp_path / "paths_elastic"))  # mid epoch 1
-    out = train(data, elastic, 1, 4, 2, "--resume", "auto", "--stop-after-steps", "4",  # to mid epoch 2
+    # No --grad-accum on resume: the trainer keeps micro-batch 4, accumulating 4 of them on 1 rank, 1 on 4.
+    out = train(data, elastic, 1, None, 2, "--resume", "auto", "--stop-after-steps", "4",  # to mid epoch 2
                 record=str(tmp_path / "paths_elastic"))
-    assert "resuming on 1 rank(s) (was 2)" in out and "note:" not in out
-    out = train(data, elastic, 4, 1, 0, "--resume", "auto", record=str(tmp_path / "paths_elastic"))
-    assert "resuming on 4 rank(s) (was 1)" in out and "note:" not in out
+    assert "resuming on 1 rank(s) (was 2): the same global batches (micro-batch 4, 4 accumulated" in out
+    assert "note:" not in out
+    out = train(data, elastic, 4, None, 0, "--resume", "auto", record=str(tmp_path / "paths_elastic"))
+    assert "resuming on 4 rank(s) (was 1): the same global batches (micro-batch 4, 1 accumulated" in out
+    assert "note:" not in out
 
     reference = paths_per_step(str(tmp_path / "paths_full"))
     assert sorted(reference) == list(range(6)) and all(len(p) == TRAIN_GLOBAL for p in reference.values())

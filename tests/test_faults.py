@@ -23,7 +23,7 @@ import torch
 from data.errors import UserError
 from data.loader import make_loader, open_split
 from tests.parquet_sets import write_data_set
-from tests.procs import ROOT, TIMEOUT_S, completed, ok, start, summary_of
+from tests.procs import ROOT, TIMEOUT_S, completed, ok, start, summary_of, tiny_disk
 from trainer import checkpoint as ck
 from trainer.train import main as train_main
 
@@ -121,24 +121,6 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path):
     ck.save_checkpoint({ck.MODEL: {"w": torch.zeros(4)}, ck.STEP: 8}, last)  # the next write cleans up
     assert not glob.glob(os.path.join(os.path.dirname(last), ".*.tmp"))
     assert ck.load_checkpoint(last)[ck.STEP] == 8
-
-
-@contextlib.contextmanager
-def tiny_disk(path: str, size: str):
-    """A tmpfs of ``size`` at ``path`` (root only: skipped elsewhere)."""
-    os.makedirs(path, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
-    try:
-        yield path
-    finally:
-        for _ in range(25):  # Spark's JVM may hold a file for a moment
-            if subprocess.run(["umount", path], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
-        else:  # still held (the shared Spark session keeps a handle): detach it anyway
-            subprocess.run(["umount", "-l", path], capture_output=True)
 
 
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):

@@ -95,10 +95,37 @@ def test_a_frozen_loader_worker_leaves_stacks_and_a_line_naming_it(seven_groups,
     # The other worker of rank 1 dumped its own stacks (faulthandler, on SIGUSR1).
     others = [f for f in os.listdir(stacks) if f.startswith("rank1-worker")]
     assert others and any("File " in open(os.path.join(stacks, f)).read() for f in others)
-    # Rank 0 waited in a collective, wrote its stacks, and its one-line error names rank 1 and the folder.
-    assert os.path.isfile(os.path.join(stacks, "rank0.txt"))
-    error = [line for line in result.stderr.splitlines() if "[rank 0] error:" in line]
-    assert len(error) == 1 and "rank 1 (last step" in error[0] and stacks in error[0]
+    # Rank 1 ended the frozen worker at --stacks-after, not at --dist-timeout, and says so in one line.
+    error = [line for line in result.stderr.splitlines() if "[rank 1] error:" in line]
+    assert len(error) == 1, result.stderr
+    assert f"rank 1: loader worker " in error[0] and f"(pid {frozen.pid}) froze: it delivered nothing for" in error[0]
+    assert "--stacks-after 5; state T (stopped)" in error[0] and stacks in error[0]
+    assert "Traceback" not in "\n".join(line for line in result.stderr.splitlines() if "[rank 1]" in line)
+
+
+def test_a_killed_loader_worker_is_one_line_naming_it_and_its_memory(seven_groups, tmp_path):
+    """The OOM killer's SIGKILL, as a user sees it: no DataLoader traceback."""
+    out = str(tmp_path / "run")
+    proc = start("trainer.train", *TINY, "--data", seven_groups[0], "--out", out, "--epochs", "1",
+                 "--steps-per-epoch", "400", "--workers", "2", "--log-every", "1")
+    killed, deadline = None, time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        workers = [w for server in psutil.Process(proc.pid).children() if "forkserver" in " ".join(server.cmdline())
+                   for w in server.children()]
+        if len(workers) == 2:
+            time.sleep(3)  # a few steps in: the rank has sampled the workers' memory
+            killed = workers[1]
+            killed.kill()
+        time.sleep(0.5)
+    assert killed is not None, "training never started"
+    result = finish(proc, 240)
+    assert result is not None, "the run did not end"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: rank 0: loader worker ") and f"(pid {killed.pid}) was killed by SIGKILL " \
+        "(the kernel's OOM killer, most likely, or kill -9); its memory: " in lines[0], lines[0]
+    assert " MiB resident when last seen; Python stacks: " in lines[0]
+    assert os.path.isfile(os.path.join(out, "stacks", "rank0.txt"))
 
 
 def test_soak_run_under_a_cpu_burner(tmp_path):

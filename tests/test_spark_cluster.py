@@ -1,14 +1,18 @@
 """The project on a real standalone Spark cluster (a master and two 1-core workers on 127.0.0.1,
-the ``spark_cluster`` fixture): conversion, TorchDistributor in cluster mode (the trainer and a
-custom loop script), batch prediction, and batch prediction that loses a worker midway.
+the ``spark_cluster`` fixture): conversion (and conversion that loses a worker midway),
+TorchDistributor in cluster mode (the trainer and a custom loop script), batch prediction, and
+batch prediction that loses a worker midway. (Losing a worker during training:
+``tests/slow_faults.py``.)
 
 Each command runs as its own process, the driver of a Spark application on the cluster
 (the test process already holds the local[2] session of the other tests).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
 
@@ -19,6 +23,7 @@ from tests.procs import ROOT, completed, ok, run, start, summary_of
 from tests.spark_cluster import children
 from tests.sample_images import BROKEN, image_folder
 
+RUN_ID = re.compile(r"-[0-9a-f]{8}(?=\.parquet$)")  # a data file's name: part-NNNNN-<conversion run>.parquet
 SMALL_TRAIN = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
                "--steps-per-epoch", "2", "--workers", "0", "--no-progress", "--dist-timeout", "120"]
 
@@ -43,6 +48,51 @@ def test_convert_on_the_cluster_gives_the_local_splits(spark_cluster, one_group,
         assert on_cluster["splits"][name]["per_class"] == split.per_class
     local_paths = sorted(pq.read_table(os.path.join(data, "val"), columns=["path"]).column("path").to_pylist())
     assert sorted(pq.read_table(os.path.join(out, "val"), columns=["path"]).column("path").to_pylist()) == local_paths
+
+
+@contextlib.contextmanager
+def worker_lost_midway(cluster, proc):
+    """SIGKILL the first worker and its executor once a Python task runs there (while the
+    application ``proc`` runs); after the block, a fresh worker for later tests."""
+    victim = cluster.workers[0]
+    deadline = time.monotonic() + 240
+    while not any(children(pid) for pid in cluster.executor_pids(victim)):  # a Python worker started
+        assert proc.poll() is None, completed(proc).stderr[-3000:]
+        assert time.monotonic() < deadline, "no Python task started on the first worker"
+        time.sleep(0.2)
+    cluster.kill_worker(victim)
+    try:
+        yield
+    finally:
+        cluster.workers.remove(victim)
+        cluster.start_worker()  # the cluster has two workers again
+
+
+def split_files(data: str) -> dict[str, bytes]:
+    """Every Parquet file of a converted data set, by relative path less its run id: its bytes."""
+    found = {}
+    for split in ("train", "val", "test"):
+        for name in sorted(os.listdir(os.path.join(data, split))):
+            with open(os.path.join(data, split, name), "rb") as f:
+                found[f"{split}/{RUN_ID.sub('', name)}"] = f.read()
+    return found
+
+
+def test_a_worker_lost_during_conversion_publishes_the_same_bytes(spark_cluster, one_group, tmp_path):
+    """SIGKILL a worker and its executor once its first Python task runs: Spark reruns the
+    lost tasks, and the data set holds the same files, byte for byte, as the undisturbed
+    local conversion (no duplicate or missing rows)."""
+    data, manifest = one_group
+    out = str(tmp_path / "converted")
+    proc = start("data.convert", "--images", os.path.join(os.path.dirname(data), "images"), "--out", out,
+                 "--seed", "7", "--files-per-split", "1", "--master", spark_cluster.url, "--no-progress")
+    with worker_lost_midway(spark_cluster, proc):
+        ok(completed(proc))
+    assert split_files(out) == split_files(data)
+    with open(os.path.join(out, "manifest.json")) as f:
+        on_cluster = json.load(f)
+    assert {k: on_cluster["splits"][k]["rows"] for k in manifest.splits} == \
+        {k: s.rows for k, s in manifest.splits.items()}
 
 
 def test_trainer_runs_as_two_spark_tasks_in_cluster_mode(spark_cluster, one_group, s3_server, tmp_path,
@@ -92,18 +142,8 @@ def test_a_worker_lost_during_batch_prediction_loses_no_rows(spark_cluster, trai
     proc = start("launch.batch_predict", "--model", os.path.join(run_dir, "checkpoints", "best.pt"),
                  "--input", folder, "--out", out, "--master", spark_cluster.url, "--batch-size", "2",
                  "--partitions", "6")
-    victim = spark_cluster.workers[0]
-    deadline = time.monotonic() + 240
-    while not any(children(pid) for pid in spark_cluster.executor_pids(victim)):  # a Python worker started
-        assert proc.poll() is None, completed(proc).stderr[-3000:]
-        assert time.monotonic() < deadline, "no Python task started on the first worker"
-        time.sleep(0.2)
-    spark_cluster.kill_worker(victim)
-    try:
+    with worker_lost_midway(spark_cluster, proc):
         result = ok(completed(proc))
-    finally:
-        spark_cluster.workers.remove(victim)
-        spark_cluster.start_worker()  # the cluster has two workers again for later tests
     assert f"{len(files)} images ({len(BROKEN)} unreadable)" in result.stdout
     paths = [r["path"] for r in pq.read_table(out, columns=["path"]).to_pylist()]
     assert sorted(paths) == files  # every image, none twice

@@ -4,9 +4,17 @@ A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``) w
 are the constants below. Weights are the unwrapped model's (no ``module.`` prefix).
 Writes go to a temp file in the same folder, are fsynced, then renamed over the target,
 so a crash mid-write leaves the previous file intact and never a partial ``last.pt``.
+
+The run keeps its last two ``last.pt`` (the one before is ``previous.pt``), not one
+verified after each write: a check after writing catches a bad write, but not what
+happens to the file later (a truncated copy, a disk error, another file put in its
+place), and re-reading a multi-GB checkpoint after every write costs a full load. With
+two, ``--resume auto`` falls back to the newest one that loads (:func:`load_resume`).
+The cost is one more last.pt-sized file on disk (during a write, three: the temp file too).
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import tempfile
@@ -50,6 +58,7 @@ TRAJECTORY_SETTINGS = ("seed", "epochs", "steps_per_epoch", "image_size", "lr", 
                        "model_ema", "model_ema_decay", "compile")
 
 LAST = "last.pt"
+PREVIOUS = "previous.pt"  # the last.pt before the current one
 BEST = "best.pt"
 
 
@@ -64,20 +73,47 @@ def _umask() -> int:
     return mask
 
 
-def _nearly_full(folder: str) -> bool:
+def _free_bytes(folder: str) -> int | None:
     try:
         st = os.statvfs(folder)
     except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 20
+        return None
+    return st.f_bavail * st.f_frsize
 
 
-def save_checkpoint(state: dict[str, Any], path: str) -> str:
+def state_bytes(value: Any) -> int:
+    """About what ``torch.save(value)`` writes: the bytes of the tensors' storages (each
+    once), which is nearly all of a checkpoint."""
+    seen: dict[int, int] = {}
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            storage = v.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+
+    walk(value)
+    return sum(seen.values())
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def save_checkpoint(state: dict[str, Any], path: str, previous: str | None = None) -> str:
     """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync folder).
+    With ``previous``, the file ``path`` held until now is kept there (renamed, just
+    before the new one takes its place).
 
-    A full disk or an unwritable folder is a UserError naming the file; the previous
-    ``path`` is left as it was. Temp files of earlier writes that were killed midway
-    (``.NAME.*.tmp``) are removed first: they are never read.
+    A full disk or an unwritable folder is a UserError naming the folder (and, when full,
+    the bytes the checkpoint needs); ``path`` is left as it was and the temp file is removed.
+    Temp files of earlier writes that were killed midway (``.NAME.*.tmp``) are removed
+    first: they are never read.
     """
     folder = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}."
@@ -92,6 +128,8 @@ def save_checkpoint(state: dict[str, Any], path: str) -> str:
             torch.save({FORMAT: FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and os.path.isfile(path):
+            os.replace(path, previous)  # a crash before the next rename leaves previous: load_resume takes it
         os.replace(tmp, path)
         tmp = None
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -100,11 +138,18 @@ def save_checkpoint(state: dict[str, Any], path: str) -> str:
         finally:
             os.close(dir_fd)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+            tmp = None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        if isinstance(exc, RuntimeError) and _nearly_full(folder):  # its text hides the cause
-            reason = "No space left on device"
-        raise UserError(f"cannot write checkpoint {path}: {reason} (disk full or not writable?); "
-                        "the previous checkpoint is unchanged") from None
+        free, need = _free_bytes(folder), state_bytes(state)
+        full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+            (isinstance(exc, RuntimeError) and free is not None and free < need)  # its text hides the cause
+        if full:
+            reason = (f"No space left on device in {folder}: the checkpoint needs about {_mib(need)}, "
+                      f"{_mib(free or 0)} are free")
+        raise UserError(f"cannot write checkpoint {path}: {reason}; the previous checkpoint is unchanged: "
+                        "free space (or fix the folder) and rerun with --resume auto") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -118,7 +163,9 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path} ({os.path.getsize(path)} bytes; truncated, corrupted "
+                        f"or not a checkpoint): {reason}") from None
     if not isinstance(state, dict) or state.get(FORMAT) != FORMAT_VERSION or MODEL not in state:
         raise UserError(f"{path} is not a checkpoint written by this trainer")
     return state
@@ -139,6 +186,34 @@ def find_resume(run_dir: str, resume: str | None) -> str | None:
 def find_latest_checkpoint(run_dir: str) -> str | None:
     """The checkpoint a resumed run continues from (``RUN_DIR/checkpoints/last.pt``), or None."""
     return find_resume(run_dir, "auto")
+
+
+def load_resume(run_dir: str, resume: str | None) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """``(path, state, note)`` of the checkpoint to continue from (``(None, None, None)``: start fresh).
+
+    ``auto``: ``last.pt``; if that does not load, the newest (by time written) of
+    ``previous.pt`` and ``best.pt`` that does, with ``note`` saying what was skipped and
+    what is used instead. None loading is a UserError. A path given is loaded as it is."""
+    path = find_resume(run_dir, resume)
+    if resume != "auto":
+        return path, load_checkpoint(path) if path else None, None
+    folder = checkpoint_dir(run_dir)
+    others = sorted((p for p in (os.path.join(folder, n) for n in (PREVIOUS, BEST)) if os.path.isfile(p)),
+                    key=os.path.getmtime, reverse=True)
+    candidates = ([path] if path else []) + others
+    skipped = [] if path or not others else [f"{os.path.join(folder, LAST)} is missing"]
+    for candidate in candidates:
+        try:
+            state = load_checkpoint(candidate)
+        except UserError as exc:
+            skipped.append(str(exc))
+            continue
+        note = f"{'; '.join(skipped)}: resuming from {candidate}, the newest checkpoint that loads" if skipped else None
+        return candidate, state, note
+    if skipped:
+        raise UserError(f"no checkpoint in {folder} loads ({'; '.join(skipped)}): start a new --out, or pass "
+                        "--resume with a good file")
+    return None, None, None
 
 
 def check_compatible(state: dict[str, Any], *, fingerprint: str, classes: list[str], model_name: str,

@@ -47,8 +47,10 @@ class TrainConfig:
     global_batch_size: int | None = setting(None, minimum=1, metavar="N", doc="--batch-size x --grad-accum x ranks",
                                             help="images per optimizer step over all ranks, instead of --batch-size: "
                                                  "a rank's micro-batch is N / (ranks x --grad-accum)")
-    grad_accum: int = setting(1, minimum=1, metavar="K",
-                              help="micro-batches per optimizer step on each rank (gradients accumulated)")
+    grad_accum: int | None = setting(None, minimum=1, metavar="K",
+                                     doc="1; resuming with --global-batch-size on another world size: what keeps "
+                                         "the checkpoint's micro-batch",
+                                     help="micro-batches per optimizer step on each rank (gradients accumulated)")
     streams: int | None = setting(None, minimum=1, metavar="C",
                                   doc="the checkpoint's; else ranks x workers, as far as the global batch allows",
                                   help="canonical train streams: the global sample order depends on these and the "
@@ -116,7 +118,9 @@ class TrainConfig:
                                        "instead of hanging")
     stacks_after: float | None = setting(None, above=0, metavar="S", doc="--dist-timeout / 4",
                                          help="a rank with no progress for S seconds writes the Python stacks of "
-                                              "its threads and loader workers to RUN/stacks/ (the run goes on)")
+                                              "its threads and loader workers to RUN/stacks/; if it was waiting on "
+                                              "a loader worker all that time, it ends that worker and stops with "
+                                              "one line, else the run goes on")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -137,14 +141,23 @@ class TrainConfig:
         if self.decode == "gpu" and (self.auto_augment != "none" or self.random_erase):
             raise UserError("--auto-augment and --random-erase run in the loader workers: use --decode cpu")
 
-    def batches(self, world_size: int) -> tuple[int, int]:
-        """``(global batch, micro-batch per rank)`` on ``world_size`` ranks."""
+    def batches(self, world_size: int, resumed_micro_batch: int | None = None) -> tuple[int, int, int]:
+        """``(global batch, micro-batch per rank, micro-batches per step)`` on ``world_size`` ranks.
+
+        Without ``--grad-accum``, a run resumed with ``--global-batch-size`` keeps the
+        checkpoint's micro-batch (``resumed_micro_batch``) where the world size allows, so
+        a world-size change alters neither the global batch nor BatchNorm's batches and
+        the run goes on exactly (up to float rounding)."""
+        accum = self.grad_accum or 1
         if self.global_batch_size is None:
-            return self.batch_size * self.grad_accum * world_size, self.batch_size
-        if self.global_batch_size % (world_size * self.grad_accum):
+            return self.batch_size * accum * world_size, self.batch_size, accum
+        if self.grad_accum is None and resumed_micro_batch and \
+                self.global_batch_size % (world_size * resumed_micro_batch) == 0:
+            accum = self.global_batch_size // (world_size * resumed_micro_batch)
+        if self.global_batch_size % (world_size * accum):
             raise UserError(f"--global-batch-size {self.global_batch_size} is not a multiple of {world_size} ranks x "
-                            f"--grad-accum {self.grad_accum}")
-        return self.global_batch_size, self.global_batch_size // (world_size * self.grad_accum)
+                            f"--grad-accum {accum}")
+        return self.global_batch_size, self.global_batch_size // (world_size * accum), accum
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,8 +10,20 @@ TRACKING_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
 
 
+# The run-folder stores this process picked. mlflow.set_tracking_uri also puts its URI in
+# MLFLOW_TRACKING_URI, so a second run in the same process (a notebook, a test) would
+# otherwise take the first run's store for one the user chose.
+_OWN_STORES: set[str] = set()
+
+
 def default_tracking_uri(run_dir: str) -> str:
     return "sqlite:///" + os.path.join(os.path.abspath(run_dir), TRACKING_DB)
+
+
+def user_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` when the user set it (not when MLflow set it for an earlier run here)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return None if uri in _OWN_STORES else uri
 
 
 class NullTracker:
@@ -19,6 +31,7 @@ class NullTracker:
 
     run_id: str | None = None
     tracking_uri: str | None = None
+    artifact_uri: str | None = None
 
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
@@ -39,7 +52,9 @@ class MLflowTracker(NullTracker):
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
+        self.tracking_uri = user_tracking_uri() or default_tracking_uri(run_dir)
+        if self.tracking_uri == default_tracking_uri(run_dir):
+            _OWN_STORES.add(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
         client = mlflow.MlflowClient()
         if run_id is None:
@@ -90,6 +105,10 @@ class MLflowTracker(NullTracker):
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
+    @property
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
 
 def make_tracker(is_main: bool, run_dir: str, experiment: str, run_id: str | None = None) -> NullTracker:
     """An :class:`MLflowTracker` on the main rank (store: ``MLFLOW_TRACKING_URI``, else
@@ -103,7 +122,7 @@ def checkpoint_run(checkpoint: str, run_id: str | None) -> MLflowTracker:
     if not run_id:
         raise UserError(f"{checkpoint} records no MLflow run: it was not written by trainer.train")
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not os.path.isfile(os.path.join(run_dir, TRACKING_DB)):
+    if not user_tracking_uri() and not os.path.isfile(os.path.join(run_dir, TRACKING_DB)):
         raise UserError(f"no MLflow store for {checkpoint}: {os.path.join(run_dir, TRACKING_DB)} not found "
                         "(set MLFLOW_TRACKING_URI to the store the run used)")
     try:

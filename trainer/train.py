@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data.errors import PeerFailure, UserError, cli
+from data.errors import PeerFailure, RunFailure, UserError, cli, storage_errors
 from data.gpu_decode import JpegBatch
 from data.gpu_prefetch import make_device_prefetcher
 from data.gpu_decode import model_input
@@ -78,7 +78,8 @@ class Job:
     val: ParquetSplit | None
     steps_per_epoch: int
     global_batch: int         # images per optimizer step, all ranks (--global-batch-size)
-    micro_batch: int          # images per forward pass on a rank: global_batch / (ranks x --grad-accum)
+    micro_batch: int          # images per forward pass on a rank: global_batch / (ranks x grad_accum)
+    grad_accum: int           # micro-batches per optimizer step on a rank (TrainConfig.batches)
     streams: int              # canonical train streams (data.loader): the sample order with global_batch
     model: nn.Module          # what trains: the DDP-wrapped (and/or compiled) model_without_ddp
     model_without_ddp: nn.Module
@@ -97,6 +98,7 @@ class Job:
     channels_last: bool
     watchdog: Watchdog        # writes the stacks when no progress comes
     progress: Progress = field(default_factory=Progress)
+    last_saved_step: int | None = None  # the step of the last.pt this process wrote last
 
     @property
     def total_steps(self) -> int:
@@ -174,7 +176,14 @@ class Job:
     def save(self, name: str) -> str | None:
         if not self.dist.is_main:
             return None
-        return ck.save_checkpoint(self.state(), os.path.join(ck.checkpoint_dir(self.cfg.out), name))
+        # The last.pt of an earlier step is kept as previous.pt (why: trainer.checkpoint); a
+        # second write at the same step (an epoch's end after --ckpt-every) replaces last.pt only.
+        folder, step = ck.checkpoint_dir(self.cfg.out), self.progress.step
+        previous = os.path.join(folder, ck.PREVIOUS) if name == ck.LAST and step != self.last_saved_step else None
+        path = ck.save_checkpoint(self.state(), os.path.join(folder, name), previous)
+        if name == ck.LAST:
+            self.last_saved_step = step
+        return path
 
 
 def validate(job: Job) -> dict:
@@ -257,7 +266,7 @@ def micro_steps(job: Job, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     reduces the gradients once, after the last); returns the batch's mean loss. Micro-batch
     ``i`` of rank ``r`` is micro-batch ``r * grad_accum + i`` of the global batch, whatever
     the world size: MixUp/CutMix are keyed by that index."""
-    accum, size = job.cfg.grad_accum, job.micro_batch
+    accum, size = job.grad_accum, job.micro_batch
     total = torch.zeros((), device=x.device)
     for i in range(accum):
         xi, yi = x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
@@ -322,14 +331,15 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     train = open_split(cfg.data, "train", manifest)
     val_split = manifest.splits.get("val")
     val = open_split(cfg.data, "val", manifest) if val_split and val_split.rows else None
-    global_batch, micro_batch = cfg.batches(dist.world_size)
-    steps_per_epoch = train_steps_per_epoch(train, global_batch // dist.world_size, dist.world_size,
-                                            cfg.steps_per_epoch)
-    resume_path = ck.find_resume(cfg.out, cfg.resume)
-    resumed = ck.load_checkpoint(resume_path) if resume_path else None
+    resume_path, resumed, fallback = ck.load_resume(cfg.out, cfg.resume)
+    if fallback:
+        print0(f"warning: {fallback}")
     if resumed is not None:
         ck.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
                             model_name=cfg.model, path=resume_path)
+    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, resumed and resumed.get(ck.MICRO_BATCH))
+    steps_per_epoch = train_steps_per_epoch(train, global_batch // dist.world_size, dist.world_size,
+                                            cfg.steps_per_epoch)
     streams = train_streams(cfg, resumed, global_batch, dist.world_size)
 
     autocast_dtype = precision_dtype(cfg.precision, dist.device)
@@ -346,7 +356,7 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     mixing = BatchMixing(manifest.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.seed)
     job = Job(
         cfg=cfg, dist=dist, manifest=manifest, train=train, val=val, steps_per_epoch=steps_per_epoch,
-        global_batch=global_batch, micro_batch=micro_batch, streams=streams,
+        global_batch=global_batch, micro_batch=micro_batch, grad_accum=grad_accum, streams=streams,
         model=wrap_model(model, dist, cfg.compile), model_without_ddp=model,
         backbone=[param for name, param in model.named_parameters() if name in backbone],
         ema=ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None,
@@ -365,8 +375,9 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
                    "would have without the interruption")
         elif resumed.get(ck.WORLD_SIZE) != dist.world_size:
             print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ck.WORLD_SIZE)}): the same global "
-                   "batches; gradients are summed in another order, so the weights follow the uninterrupted run "
-                   "up to float rounding, not bit for bit")
+                   f"batches (micro-batch {micro_batch}, {grad_accum} accumulated per rank); gradients are summed "
+                   "in another order, so the weights follow the uninterrupted run up to float rounding, not bit "
+                   "for bit")
         print0(f"resuming from {resume_path} at step {job.progress.step} (epoch {job.progress.epoch + 1}, "
                f"step {job.progress.step_in_epoch} of {steps_per_epoch})")
     return job
@@ -387,7 +398,8 @@ def fit(job: Job) -> dict:
     """Train to ``epochs * steps_per_epoch`` steps from wherever ``job.progress`` stands."""
     cfg, p = job.cfg, job.progress
     job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size, "global_batch": job.global_batch,
-                            "micro_batch": job.micro_batch, "effective_streams": job.streams,
+                            "micro_batch": job.micro_batch, "effective_grad_accum": job.grad_accum,
+                            "effective_streams": job.streams,
                             "steps_per_epoch": job.steps_per_epoch, "num_classes": job.manifest.num_classes,
                             "data_fingerprint": job.manifest.fingerprint, "effective_lr": job.lr,
                             "effective_warmup_steps": job.warmup_steps,
@@ -395,7 +407,7 @@ def fit(job: Job) -> dict:
     job.tracker.log_dict(job.manifest.classes, "classes.json")
     job.tracker.log_dict(cfg.to_dict(), "config.json")
     print0(f"training {cfg.model} on {job.train.rows} images, {job.manifest.num_classes} classes: "
-           f"global batch {job.global_batch} ({job.dist.world_size} rank(s) x {cfg.grad_accum} x micro-batch "
+           f"global batch {job.global_batch} ({job.dist.world_size} rank(s) x {job.grad_accum} x micro-batch "
            f"{job.micro_batch}) from {job.streams} streams, {cfg.epochs} epochs x {job.steps_per_epoch} steps, "
            f"device {job.dist.device.type}, {precision_name(job.autocast_dtype)}")
     rule = lr_rule(cfg.lr, cfg.base_lr, cfg.optimizer, job.global_batch)
@@ -452,17 +464,24 @@ def summarize(job: Job) -> dict:
     }
     if job.dist.is_main:
         best = os.path.join(ck.checkpoint_dir(job.cfg.out), ck.BEST)
-        if p.step >= job.total_steps:  # a finished run: its best weights become the MLflow model
-            model_uri, version = job.tracker.log_model(ck.load_checkpoint(best) if os.path.isfile(best) else job.state(),
-                                                       job.cfg.register_model)
-            summary.update(mlflow_model_uri=model_uri, mlflow_model_version=version)
-            print0(f"MLflow model: {model_uri}" + (f" (registered as {job.cfg.register_model} version {version})"
-                                                    if version else ""))
-        with open(os.path.join(job.cfg.out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        if os.path.isfile(best):
-            job.tracker.log_artifact(best)
-        job.tracker.log_artifact(os.path.join(job.cfg.out, "summary.json"))
+        state = ck.load_checkpoint(best) if os.path.isfile(best) else job.state()
+        # A full disk here loses nothing: the checkpoints are written, and a rerun with
+        # --resume auto of the finished run logs the model and artifacts again.
+        need = ck.state_bytes(state[ck.MODEL]) + (os.path.getsize(best) if os.path.isfile(best) else 0)
+        with storage_errors(f"cannot store the MLflow model and artifacts in {job.tracker.artifact_uri} (they need "
+                            f"about {need / 2**20:.1f} MiB)",
+                            f"the run's checkpoints are kept in {ck.checkpoint_dir(job.cfg.out)}: free space "
+                            "and rerun with --resume auto to store them"):
+            if p.step >= job.total_steps:  # a finished run: its best weights become the MLflow model
+                model_uri, version = job.tracker.log_model(state, job.cfg.register_model)
+                summary.update(mlflow_model_uri=model_uri, mlflow_model_version=version)
+                print0(f"MLflow model: {model_uri}" + (f" (registered as {job.cfg.register_model} version {version})"
+                                                        if version else ""))
+            with open(os.path.join(job.cfg.out, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+            if os.path.isfile(best):
+                job.tracker.log_artifact(best)
+            job.tracker.log_artifact(os.path.join(job.cfg.out, "summary.json"))
     return summary
 
 
@@ -493,6 +512,8 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     except BaseException as exc:
         if job is not None:
             job.tracker.close("FAILED")
+        if isinstance(exc, RunFailure):  # its line names the stacks folder: this rank's file too
+            watchdog.dump(str(exc))
         lost_peer = None if isinstance(exc, UserError) else beacon.describe(exc, cfg.dist_timeout)
         if lost_peer:
             watchdog.dump("a collective failed")

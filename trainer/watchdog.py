@@ -10,45 +10,31 @@ its own stacks. Each worker installs a ``faulthandler`` for SIGUSR1 when it star
 and the worker writes ``rank<R>-worker<W>.txt`` beside the rank's file. A worker that
 is stopped (SIGSTOP, a debugger) or has not reached its worker loop (its handler is not
 installed: it is stuck between fork and start) cannot dump: the rank's file says which.
-The rank prints one ``warning:`` line naming the file, and does so once per stall; it
-does not stop the run (``--dist-timeout`` does that), so a slow step costs nothing but
-the file. A failed collective adds the folder to its one-line error.
+The rank prints one ``warning:`` line naming the file, and does so once per stall. A
+rank that was waiting on its loader all that time has a frozen loader worker: the
+watchdog ends that worker and the loader stops the run with one line naming it
+(:func:`data.workers.end_stalled`). Otherwise it does not stop the run (``--dist-timeout``
+does that: the rank may wait on a peer), so a slow step costs nothing but the file. A
+failed collective adds the folder to its one-line error. Every second it also notes the
+loader workers' memory, which names the likely cause when one is killed.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 import time
 import traceback
 from typing import Callable
 
-from data.workers import STACKS_DIR_ENV, live_workers
+from data.workers import STACKS_DIR_ENV, dump_workers, end_stalled, sample_memory
 
 STACKS = "stacks"
-_SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 
 
 def stacks_dir(run_dir: str) -> str:
     return os.path.join(run_dir, STACKS)
-
-
-def _proc_status(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-    except OSError:
-        return {}
-
-
-def _wchan(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return f.read().strip() or "-"
-    except OSError:
-        return "-"
 
 
 def thread_stacks() -> str:
@@ -58,26 +44,6 @@ def thread_stacks() -> str:
     for ident, frame in sys._current_frames().items():
         parts.append(f"--- thread {names.get(ident, '?')} (ident {ident})\n" + "".join(traceback.format_stack(frame)))
     return "\n".join(parts)
-
-
-def dump_workers(rank: int, directory: str) -> list[str]:
-    """Ask this rank's loader workers for their stacks; one line per worker on what happened."""
-    lines = []
-    for worker, pid in live_workers():
-        status = _proc_status(pid)
-        state = status.get("State", "gone")
-        where = f"loader worker {worker} (pid {pid}): state {state}, waiting in {_wchan(pid)}"
-        if not status:
-            lines.append(f"{where}: the process is gone")
-        elif state.startswith("T"):
-            lines.append(f"{where}: STOPPED (SIGSTOP or a debugger), so it cannot dump its stacks")
-        elif not int(status.get("SigCgt", "0"), 16) & _SIGUSR1_BIT:
-            lines.append(f"{where}: NOT STARTED - it never reached its worker loop (no stack handler), "
-                         "e.g. stuck between fork and start")
-        else:
-            os.kill(pid, signal.SIGUSR1)
-            lines.append(f"{where}: stacks in {os.path.join(directory, f'rank{rank}-worker{worker}.txt')}")
-    return lines
 
 
 class Watchdog:
@@ -121,8 +87,14 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval_s):
+            sample_memory()
             idle = time.monotonic() - (self.last or time.monotonic())
-            if self.dumped or idle < self.after_s:
+            if idle < self.after_s:
+                continue
+            if self.dumped:
+                # A rank waiting on its loader all this time has a frozen worker: end it, and the
+                # loader fails with one line (data.workers); a rank waiting on a peer goes on waiting.
+                end_stalled(idle, f"--stacks-after {self.after_s:g}")
                 continue
             self.dumped = True
             self.on_stall(self.where)
