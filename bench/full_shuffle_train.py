@@ -1,5 +1,5 @@
 """``trainer.train`` with its train loader swapped for a uniform in-memory shuffle: the
-baseline the project's order is compared with (README, Performance).
+baseline the project's order is compared with (docs/performance.md).
 
 Run it exactly as ``trainer.train`` (same options, under ``torchrun`` or not)::
 

@@ -1,6 +1,6 @@
 """A standalone Spark cluster on 127.0.0.1 for tests and try-outs: one master, N one-core workers.
 
-Started from the installed pyspark's ``bin/spark-class`` (as the README's cluster try-out
+Started from the installed pyspark's ``bin/spark-class`` (as docs/cluster.md's try-out
 does by hand); the workers run this interpreter's Python (``PYSPARK_PYTHON``), so the
 project installed in it is on every executor. Only the processes started here are
 stopped, by pid (a worker stops its own executors when it gets SIGTERM).
