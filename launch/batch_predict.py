@@ -75,16 +75,16 @@ class PredictOptions:
 
 def model_state(model: str) -> dict:
     """The model-only checkpoint dict of a checkpoint file or an MLflow model URI."""
-    from trainer import checkpoint as ck
+    from trainer import checkpoint as ckpt
     from trainer.classify import model_only
 
     if os.path.isfile(model):
-        return model_only(ck.load_checkpoint(model))
+        return model_only(ckpt.load_checkpoint(model))
     if "://" not in model and ":/" not in model and not os.path.isdir(model):
         raise UserError(f"--model {model}: no such checkpoint file or MLflow model")
     from trainer.mlflow_model import weights_file
 
-    return ck.load_checkpoint(weights_file(model))
+    return ckpt.load_checkpoint(weights_file(model))
 
 
 def task_device():

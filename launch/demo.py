@@ -27,7 +27,7 @@ from data.errors import UserError, cli
 from data.manifest import MANIFEST
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 
 # Size and speed only: the demo trains with the optimisation defaults a user gets.
 TRAIN_OPTIONS = ["--model", "resnet18", "--image-size", "64", "--batch-size", "16", "--workers", "1", "--no-progress"]
@@ -81,7 +81,7 @@ def run_demo(out: str, classes: int = 4, per_class: int = 60, nproc: int = 2, ep
          [*py, "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "trainer.train",
           "--data", data, "--out", run, "--epochs", str(epochs), "--steps-per-epoch", str(steps_per_epoch),
           *TRAIN_OPTIONS], env)
-    best = os.path.join(run, "checkpoints", ck.BEST)
+    best = os.path.join(run, "checkpoints", ckpt.BEST)
     metrics = os.path.join(run, "test_metrics.json")
     step("evaluate the best checkpoint on the test split",
          [*py, "trainer.evaluate", "--checkpoint", best, "--data", data, "--split", "test", "--json", metrics,

@@ -194,15 +194,15 @@ def resume_hint(run_dir: str | None) -> str:
     """What to rerun after a lost rank: the checkpoint ``--resume auto`` will continue from."""
     if run_dir is None:
         return "rerun it"
-    from trainer import checkpoint as ck
+    from trainer import checkpoint as ckpt
 
     try:
-        path, state, _ = ck.load_resume(run_dir, "auto")
+        path, state, _ = ckpt.load_resume(run_dir, "auto")
     except UserError:
         path = None
     if path is None:
-        return f"no checkpoint in {ck.checkpoint_dir(run_dir)} yet: rerun the same command"
-    return f"rerun the same command with --resume auto to continue from {path} (step {state[ck.STEP]})"
+        return f"no checkpoint in {ckpt.checkpoint_dir(run_dir)} yet: rerun the same command"
+    return f"rerun the same command with --resume auto to continue from {path} (step {state[ckpt.STEP]})"
 
 
 def _distribute(spark, num_processes: int, local_mode: bool, use_gpu: bool | None, fn: Callable, args: tuple,

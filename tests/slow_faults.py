@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tests.procs import completed, ok, start, summary_of
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 
 BUCKET = "sparkdp-slow"
 RUN = ["--model", "shufflenet_v2_x0_5", "--image-size", "32", "--batch-size", "4", "--optimizer", "sgd", "--lr", "0.01",
@@ -58,14 +58,14 @@ def wait_for(path: str, proc) -> None:
 
 
 def last_weights(out: str) -> dict:
-    return ck.load_checkpoint(os.path.join(ck.checkpoint_dir(out), ck.LAST))[ck.MODEL]
+    return ckpt.load_checkpoint(os.path.join(ckpt.checkpoint_dir(out), ckpt.LAST))[ckpt.MODEL]
 
 
 def test_a_store_stopped_for_30_s_costs_time_only(s3_server, s3_data, aws, tmp_path):
     plain, stalled = str(tmp_path / "plain"), str(tmp_path / "stalled")
     ok(completed(start("trainer.train", "--data", s3_data, "--out", plain, *RUN)))
     proc = start("trainer.train", "--data", s3_data, "--out", stalled, *RUN)
-    wait_for(os.path.join(ck.checkpoint_dir(stalled), ck.LAST), proc)
+    wait_for(os.path.join(ckpt.checkpoint_dir(stalled), ckpt.LAST), proc)
     with stopped(s3_server.proc):
         time.sleep(30)
         assert proc.poll() is None  # the run was still going while the store was away
@@ -79,14 +79,14 @@ def test_a_store_stopped_for_30_s_costs_time_only(s3_server, s3_data, aws, tmp_p
 def test_a_store_gone_for_good_ends_the_run_in_one_line_naming_the_object(s3_server, s3_data, aws, tmp_path):
     out = str(tmp_path / "run")
     proc = start("trainer.train", "--data", s3_data, "--out", out, *RUN, "--epochs", "50")
-    wait_for(os.path.join(ck.checkpoint_dir(out), ck.LAST), proc)
+    wait_for(os.path.join(ckpt.checkpoint_dir(out), ckpt.LAST), proc)
     with stopped(s3_server.proc):
         result = completed(proc)  # well before the 300 s hang limit: the limit is 90 s of failures
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: cannot read {s3_data}/"), lines[0]
     assert "the object store did not answer for " in lines[0] and "(retried for 90 s;" in lines[0]
-    assert ck.load_resume(out, "auto")[0] is not None  # a checkpoint to go on from
+    assert ckpt.load_resume(out, "auto")[0] is not None  # a checkpoint to go on from
 
 
 def rank_processes(cluster) -> dict[int, tuple]:
@@ -109,7 +109,7 @@ def test_a_worker_lost_during_cluster_training_names_the_rank_and_the_checkpoint
     proc = start("launch.spark", "--cluster", "--num-processes", "2", "--master", spark_cluster.url, "--",
                  "--data", seven_groups[0], "--out", out, *RUN, "--workers", "0", "--epochs", "50",
                  "--dist-timeout", "60")
-    wait_for(os.path.join(ck.checkpoint_dir(out), ck.LAST), proc)
+    wait_for(os.path.join(ckpt.checkpoint_dir(out), ckpt.LAST), proc)
     ranks = rank_processes(spark_cluster)
     assert 1 in ranks, ranks
     victim = ranks[1][0]
@@ -125,6 +125,6 @@ def test_a_worker_lost_during_cluster_training_names_the_rank_and_the_checkpoint
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(error) == 1, result.stderr[-5000:]
     assert error[0].startswith("error: training stopped: Spark lost rank 1 ("), error[0]
-    path, state, _ = ck.load_resume(out, "auto")
+    path, state, _ = ckpt.load_resume(out, "auto")
     assert error[0].endswith(f"rerun the same command with --resume auto to continue from {path} "
-                             f"(step {state[ck.STEP]})"), error[0]
+                             f"(step {state[ckpt.STEP]})"), error[0]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from data.errors import UserError, cli
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.evaluate import main as evaluate_main
 from trainer.predict import main as predict_main
 from tests.procs import resize_disk, tiny_disk
@@ -36,30 +36,30 @@ def damage(path: str, how: str) -> None:
             f.write(b"step,loss\n1,0.5\n" * 100)
 
 
-def write(folder: str, step: int, name: str = ck.LAST) -> str:
+def write(folder: str, step: int, name: str = ckpt.LAST) -> str:
     path = os.path.join(folder, name)
-    return ck.save_checkpoint({ck.MODEL: {"w": torch.full((4,), float(step))}, ck.STEP: step}, path,
-                              os.path.join(folder, ck.PREVIOUS) if name == ck.LAST else None)
+    return ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.full((4,), float(step))}, ckpt.STEP: step}, path,
+                              os.path.join(folder, ckpt.PREVIOUS) if name == ckpt.LAST else None)
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "other_file"])
 def test_resume_auto_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, how):
     run = str(tmp_path)
-    folder = ck.checkpoint_dir(run)
-    write(folder, 1, ck.BEST)
+    folder = ckpt.checkpoint_dir(run)
+    write(folder, 1, ckpt.BEST)
     for step in (2, 3):
         write(folder, step)  # last.pt 3, previous.pt 2
-    assert ck.load_checkpoint(os.path.join(folder, ck.PREVIOUS))[ck.STEP] == 2
-    damage(os.path.join(folder, ck.LAST), how)
-    path, state, note = ck.load_resume(run, "auto")
-    assert path == os.path.join(folder, ck.PREVIOUS) and state[ck.STEP] == 2
-    assert note.startswith(f"cannot read checkpoint {os.path.join(folder, ck.LAST)}") and "\n" not in note
+    assert ckpt.load_checkpoint(os.path.join(folder, ckpt.PREVIOUS))[ckpt.STEP] == 2
+    damage(os.path.join(folder, ckpt.LAST), how)
+    path, state, note = ckpt.load_resume(run, "auto")
+    assert path == os.path.join(folder, ckpt.PREVIOUS) and state[ckpt.STEP] == 2
+    assert note.startswith(f"cannot read checkpoint {os.path.join(folder, ckpt.LAST)}") and "\n" not in note
     assert note.endswith(f"resuming from {path}, the newest checkpoint that loads")
     damage(path, how)
-    assert ck.load_resume(run, "auto")[1][ck.STEP] == 1  # then best.pt
-    damage(os.path.join(folder, ck.BEST), how)
+    assert ckpt.load_resume(run, "auto")[1][ckpt.STEP] == 1  # then best.pt
+    damage(os.path.join(folder, ckpt.BEST), how)
     with pytest.raises(UserError, match=f"no checkpoint in {folder} loads"):
-        ck.load_resume(run, "auto")
+        ckpt.load_resume(run, "auto")
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "other_file"])
@@ -84,13 +84,13 @@ def plain(one_group, tmp_path_factory):
     """The weights an uninterrupted run of SMALL ends with."""
     out = str(tmp_path_factory.mktemp("plain"))
     train_main(["--data", one_group[0], "--out", out, *SMALL])
-    weights = ck.load_checkpoint(os.path.join(ck.checkpoint_dir(out), ck.LAST))[ck.MODEL]
+    weights = ckpt.load_checkpoint(os.path.join(ckpt.checkpoint_dir(out), ckpt.LAST))[ckpt.MODEL]
     shutil.rmtree(out)
     return weights
 
 
 def same_weights(out: str, plain: dict) -> bool:
-    got = ck.load_checkpoint(os.path.join(ck.checkpoint_dir(out), ck.LAST))[ck.MODEL]
+    got = ckpt.load_checkpoint(os.path.join(ckpt.checkpoint_dir(out), ckpt.LAST))[ckpt.MODEL]
     return all(torch.equal(got[k], plain[k]) for k in plain)
 
 
@@ -98,13 +98,13 @@ def test_a_truncated_last_checkpoint_costs_one_step_and_nothing_else(one_group, 
     """The run resumed from previous.pt ends with the uninterrupted run's weights, bit for bit."""
     data, broken = one_group[0], str(tmp_path / "broken")
     train_main(["--data", data, "--out", broken, *SMALL, "--stop-after-steps", "3"])
-    folder = ck.checkpoint_dir(broken)
-    damage(os.path.join(folder, ck.LAST), "truncated")
+    folder = ckpt.checkpoint_dir(broken)
+    damage(os.path.join(folder, ckpt.LAST), "truncated")
     capsys.readouterr()
     summary = train_main(["--data", data, "--out", broken, *SMALL, "--resume", "auto"])
     out = capsys.readouterr().out
-    previous = os.path.join(folder, ck.PREVIOUS)
-    assert f"warning: cannot read checkpoint {os.path.join(folder, ck.LAST)}" in out
+    previous = os.path.join(folder, ckpt.PREVIOUS)
+    assert f"warning: cannot read checkpoint {os.path.join(folder, ckpt.LAST)}" in out
     assert f"resuming from {previous}, the newest checkpoint that loads" in out
     assert f"resuming from {previous} at step 2 " in out
     assert summary["steps"] == 4 and same_weights(broken, plain)
@@ -112,7 +112,7 @@ def test_a_truncated_last_checkpoint_costs_one_step_and_nothing_else(one_group, 
 
 def test_a_full_disk_while_checkpointing_ends_in_one_line_and_resume_finishes(one_group, plain, tmp_path):
     run = str(tmp_path / "run")
-    folder = ck.checkpoint_dir(run)
+    folder = ckpt.checkpoint_dir(run)
     with tiny_disk(folder, "6m"):  # two checkpoints of ~2.8 MiB fit, not a third beside them
         with pytest.raises(UserError) as failed:
             train_main(["--data", one_group[0], "--out", run, *SMALL])
@@ -122,8 +122,8 @@ def test_a_full_disk_while_checkpointing_ends_in_one_line_and_resume_finishes(on
         assert line.endswith("the previous checkpoint is unchanged: free space (or fix the folder) and rerun with "
                              "--resume auto")
         assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]  # the partial file is gone
-        path, state, note = ck.load_resume(run, "auto")
-        assert path == os.path.join(folder, ck.LAST) and note is None and state[ck.STEP] >= 1
+        path, state, note = ckpt.load_resume(run, "auto")
+        assert path == os.path.join(folder, ckpt.LAST) and note is None and state[ckpt.STEP] >= 1
         resize_disk(folder, "64m")
         summary = train_main(["--data", one_group[0], "--out", run, *SMALL, "--resume", "auto"])
         assert summary["steps"] == 4 and same_weights(run, plain)

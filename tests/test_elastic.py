@@ -1,4 +1,4 @@
-"""Elastic resume: the global sample order does not depend on the world size (issue 17).
+"""Elastic resume: the global sample order does not depend on the world size.
 
 The loader half is in process (each rank's public train loader built in turn); the
 trainer half runs real torchrun (gloo, CPU) on 2 ranks, stops it mid-epoch, resumes it
@@ -19,7 +19,7 @@ from data import make_train_loader, open_split
 from data.errors import UserError
 from data.loader import RECORD_PATHS_ENV
 from tests.procs import ok, run, summary_of
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 
 GLOBAL = 8
 
@@ -141,7 +141,7 @@ def test_a_run_stopped_on_2_ranks_goes_on_on_1_then_4_ranks_with_the_same_global
     # which BatchNorm over 4 values of 1x1 maps (ResNet-18 at 32 px) amplifies step by step
     # (runs of 1, 2 and 4 ranks from the same start differ by ~1e-4 in loss after 2 steps).
     assert got == pytest.approx(expected, rel=3e-2)
-    a, b = (ck.load_checkpoint(os.path.join(ck.checkpoint_dir(o), ck.LAST))[ck.MODEL] for o in (full, elastic))
+    a, b = (ckpt.load_checkpoint(os.path.join(ckpt.checkpoint_dir(o), ckpt.LAST))[ckpt.MODEL] for o in (full, elastic))
     params = [k for k in a if a[k].is_floating_point() and "running_" not in k]  # BatchNorm statistics: rank 0's
     drift = float(torch.stack([(a[k] - b[k]).norm() for k in params]).norm() /
                   torch.stack([a[k].norm() for k in params]).norm())

@@ -24,7 +24,7 @@ from data.errors import UserError
 from data.loader import make_loader, open_split
 from tests.parquet_sets import write_data_set
 from tests.procs import ROOT, TIMEOUT_S, completed, ok, start, summary_of, tiny_disk
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.train import main as train_main
 
 TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002",
@@ -107,30 +107,30 @@ save_checkpoint({"model": {"w": torch.zeros(4)}, "later": Slow()}, sys.argv[1])
 
 
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path):
-    last = str(tmp_path / "run" / "checkpoints" / ck.LAST)
-    ck.save_checkpoint({ck.MODEL: {"w": torch.ones(4)}, ck.STEP: 7}, last)
+    last = str(tmp_path / "run" / "checkpoints" / ckpt.LAST)
+    ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.ones(4)}, ckpt.STEP: 7}, last)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_PICKLE, last], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     partial = glob.glob(os.path.join(os.path.dirname(last), ".last.pt.*.tmp"))
     assert len(partial) == 1
     proc.kill()
     proc.wait()
-    assert ck.find_resume(str(tmp_path / "run"), "auto") == last
-    state = ck.load_checkpoint(last)
-    assert state[ck.STEP] == 7 and torch.equal(state[ck.MODEL]["w"], torch.ones(4))
-    ck.save_checkpoint({ck.MODEL: {"w": torch.zeros(4)}, ck.STEP: 8}, last)  # the next write cleans up
+    assert ckpt.find_resume(str(tmp_path / "run"), "auto") == last
+    state = ckpt.load_checkpoint(last)
+    assert state[ckpt.STEP] == 7 and torch.equal(state[ckpt.MODEL]["w"], torch.ones(4))
+    ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.zeros(4)}, ckpt.STEP: 8}, last)  # the next write cleans up
     assert not glob.glob(os.path.join(os.path.dirname(last), ".*.tmp"))
-    assert ck.load_checkpoint(last)[ck.STEP] == 8
+    assert ckpt.load_checkpoint(last)[ckpt.STEP] == 8
 
 
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
     with tiny_disk(str(tmp_path / "disk"), "1m") as disk:
-        last = os.path.join(disk, "checkpoints", ck.LAST)
-        ck.save_checkpoint({ck.MODEL: {"w": torch.ones(10)}, ck.STEP: 1}, last)
+        last = os.path.join(disk, "checkpoints", ckpt.LAST)
+        ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.ones(10)}, ckpt.STEP: 1}, last)
         with pytest.raises(UserError, match="cannot write checkpoint .*No space left on device.*unchanged"):
-            ck.save_checkpoint({ck.MODEL: {"w": torch.zeros(1_000_000)}, ck.STEP: 2}, last)
-        assert ck.load_checkpoint(last)[ck.STEP] == 1
-        assert os.listdir(os.path.dirname(last)) == [ck.LAST]
+            ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.zeros(1_000_000)}, ckpt.STEP: 2}, last)
+        assert ckpt.load_checkpoint(last)[ckpt.STEP] == 1
+        assert os.listdir(os.path.dirname(last)) == [ckpt.LAST]
 
 
 def test_full_disk_while_converting_publishes_nothing(spark, seven_groups, tmp_path):
@@ -192,9 +192,9 @@ def test_split_fractions_and_foreign_checkpoint_are_user_errors(seven_groups, on
 
     with pytest.raises(UserError, match="sum"):
         convert(os.path.join(os.path.dirname(seven_groups[0]), "images"), str(tmp_path / "x"), split="0.5,0.2,0.2")
-    foreign = str(tmp_path / "foreign" / "checkpoints" / ck.LAST)
-    ck.save_checkpoint({ck.MODEL: {}, ck.MODEL_NAME: "resnet18", ck.CLASSES: one_group[1].classes,
-                        ck.DATA_FINGERPRINT: one_group[1].fingerprint}, foreign)
+    foreign = str(tmp_path / "foreign" / "checkpoints" / ckpt.LAST)
+    ckpt.save_checkpoint({ckpt.MODEL: {}, ckpt.MODEL_NAME: "resnet18", ckpt.CLASSES: one_group[1].classes,
+                        ckpt.DATA_FINGERPRINT: one_group[1].fingerprint}, foreign)
     with pytest.raises(UserError, match="made for another data set"):
         train_main(["--data", seven_groups[0], "--out", str(tmp_path / "run"), *TINY, "--resume", foreign])
 

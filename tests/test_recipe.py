@@ -16,7 +16,7 @@ import torchvision
 
 from data.manifest import Manifest
 from tests.procs import TIMEOUT_S, ok, one_error_line, run, summary_of
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.model import DOWNLOAD_TIMEOUT_S, fetch_weights, model_from_checkpoint, weights_cache_path
 from trainer.precision import FORCE_SCALER_ENV
 
@@ -84,20 +84,20 @@ def test_scaler_augmentations_ema_and_mixing_resume_exactly(seven_groups, tmp_pa
     resumed_run, resumed = train(data, stopped_out, *recipe, "--resume", "auto")
     assert "note:" not in resumed_run.stdout
 
-    a = ck.load_checkpoint(os.path.join(whole_out, "checkpoints", ck.LAST))
-    b = ck.load_checkpoint(os.path.join(stopped_out, "checkpoints", ck.LAST))
-    assert a[ck.SCALER] == b[ck.SCALER] and a[ck.SCALER]["scale"] < 3e38
-    assert a[ck.SKIPPED_STEPS] == b[ck.SKIPPED_STEPS] == whole["skipped_steps"] == resumed["skipped_steps"]
-    for key in (ck.MODEL, ck.EMA):
+    a = ckpt.load_checkpoint(os.path.join(whole_out, "checkpoints", ckpt.LAST))
+    b = ckpt.load_checkpoint(os.path.join(stopped_out, "checkpoints", ckpt.LAST))
+    assert a[ckpt.SCALER] == b[ckpt.SCALER] and a[ckpt.SCALER]["scale"] < 3e38
+    assert a[ckpt.SKIPPED_STEPS] == b[ckpt.SKIPPED_STEPS] == whole["skipped_steps"] == resumed["skipped_steps"]
+    for key in (ckpt.MODEL, ckpt.EMA):
         for name, tensor in a[key].items():
             assert torch.equal(b[key][name], tensor), (key, name)
-    averaged = [k for k, v in a[ck.MODEL].items() if v.is_floating_point() and v.numel() > 1]
-    assert not any(torch.equal(a[ck.EMA][k], a[ck.MODEL][k]) for k in averaged)  # an average, not a copy
+    averaged = [k for k, v in a[ckpt.MODEL].items() if v.is_floating_point() and v.numel() > 1]
+    assert not any(torch.equal(a[ckpt.EMA][k], a[ckpt.MODEL][k]) for k in averaged)  # an average, not a copy
     for key in ("val_loss", "val_top1", "best_val_top1"):
         assert whole[key] == resumed[key], key
     # Validation scored the EMA weights: they are what evaluate and predict load.
     model = model_from_checkpoint(a)
-    assert all(torch.equal(v, a[ck.EMA][k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, a[ckpt.EMA][k]) for k, v in model.state_dict().items())
     params = mlflow_params(whole)
     assert (params["auto_augment"], params["mixup_alpha"], params["model_ema"]) == ("ta_wide", "0.2", "True")
 
@@ -123,14 +123,14 @@ def test_weights_in_the_torch_cache_are_used_and_the_backbone_frozen_then_fine_t
             "--epochs", "2", "--steps-per-epoch", "2", "--warmup-steps", "0"]
     first, _ = train(seven_groups[0], out, *tune, "--stop-after-steps", "2", nproc=1)  # 1 rank: cheaper
     assert "downloading" not in first.stdout and "backbone frozen from epoch 1" in first.stdout
-    frozen = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
-    assert torch.equal(frozen[ck.MODEL]["conv1.weight"], pretrained["conv1.weight"])  # frozen: untouched
-    assert frozen[ck.MODEL]["fc.weight"].shape == (3, 512)  # the fresh head, trained
-    lrs = sorted({g["lr"] for g in frozen[ck.OPTIMIZER]["param_groups"]})
+    frozen = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
+    assert torch.equal(frozen[ckpt.MODEL]["conv1.weight"], pretrained["conv1.weight"])  # frozen: untouched
+    assert frozen[ckpt.MODEL]["fc.weight"].shape == (3, 512)  # the fresh head, trained
+    lrs = sorted({g["lr"] for g in frozen[ckpt.OPTIMIZER]["param_groups"]})
     assert lrs[0] == pytest.approx(0.1 * lrs[1])
     train(seven_groups[0], out, *tune, "--resume", "auto", nproc=1)  # epoch 2: everything trains
-    tuned = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
-    assert not torch.equal(tuned[ck.MODEL]["conv1.weight"], pretrained["conv1.weight"])
+    tuned = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
+    assert not torch.equal(tuned[ckpt.MODEL]["conv1.weight"], pretrained["conv1.weight"])
 
 
 def test_weights_that_cannot_be_downloaded_fail_in_one_line_within_seconds(seven_groups, tmp_path, monkeypatch):
@@ -163,10 +163,11 @@ def test_compiled_model_checkpoints_like_an_eager_one(seven_groups, tmp_path):
 
     out = str(tmp_path / "run")
     train(seven_groups[0], out, *SMALL, "--compile", "--epochs", "1", "--steps-per-epoch", "2", nproc=1)
-    for name in (ck.LAST, ck.BEST):
-        state = ck.load_checkpoint(os.path.join(out, "checkpoints", name))
-        assert not any("_orig_mod." in k or k.startswith("module.") for k in state[ck.MODEL]), list(state[ck.MODEL])[:3]
-    best = os.path.join(out, "checkpoints", ck.BEST)
+    for name in (ckpt.LAST, ckpt.BEST):
+        state = ckpt.load_checkpoint(os.path.join(out, "checkpoints", name))
+        keys = list(state[ckpt.MODEL])
+        assert not any("_orig_mod." in k or k.startswith("module.") for k in keys), keys[:3]
+    best = os.path.join(out, "checkpoints", ckpt.BEST)
     res = evaluate_main(["--checkpoint", best, "--data", seven_groups[0], "--split", "val", "--workers", "0"])
     assert res["count"] == seven_groups[1].splits["val"].rows
     image = str(tmp_path / "a.jpg")

@@ -21,7 +21,7 @@ from data.errors import UserError
 from data.manifest import Manifest
 from tests.sample_images import class_image
 from tests.procs import ROOT, TIMEOUT_S, ok, one_error_line, run, summary_of
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.model import model_from_checkpoint
 
@@ -83,7 +83,7 @@ def test_validation_counts_each_image_once_and_matches_one_and_two_rank_evaluati
     from trainer.evaluate import main as evaluate_main
 
     out, summary = reference
-    last = os.path.join(out, "checkpoints", ck.LAST)
+    last = os.path.join(out, "checkpoints", ckpt.LAST)
     single = evaluate_main(["--checkpoint", last, "--data", seven_groups[0], "--split", "val", "--workers", "0",
                             "--json", str(tmp_path / "one.json")])
     ok(run("trainer.evaluate", "--checkpoint", last, "--data", seven_groups[0], "--split", "val", "--batch-size", "3",
@@ -112,30 +112,30 @@ def test_evaluate_refuses_a_data_set_with_other_classes(reference, seven_groups,
     manifest.classes = list(reversed(manifest.classes))
     manifest.save(other)
     with pytest.raises(UserError, match="trained on 3 classes"):
-        evaluate_main(["--checkpoint", os.path.join(reference[0], "checkpoints", ck.BEST), "--data", other])
+        evaluate_main(["--checkpoint", os.path.join(reference[0], "checkpoints", ckpt.BEST), "--data", other])
 
 
 def test_checkpoint_round_trip(reference, seven_groups, tmp_path):
     out, summary = reference
-    state = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
-    for key in (ck.MODEL, ck.OPTIMIZER, ck.SCHEDULER, ck.SCALER, ck.CONFIG, ck.RNG, ck.MLFLOW_RUN_ID):
+    state = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
+    for key in (ckpt.MODEL, ckpt.OPTIMIZER, ckpt.SCHEDULER, ckpt.SCALER, ckpt.CONFIG, ckpt.RNG, ckpt.MLFLOW_RUN_ID):
         assert key in state
-    assert (state[ck.STEP], state[ck.EPOCH], state[ck.STEP_IN_EPOCH]) == (TOTAL_STEPS, EPOCHS, 0)
-    assert state[ck.CLASSES] == seven_groups[1].classes and state[ck.DATA_FINGERPRINT] == seven_groups[1].fingerprint
-    assert state[ck.MLFLOW_RUN_ID] == summary["mlflow_run_id"]
-    assert not any(k.startswith("module.") for k in state[ck.MODEL])
-    assert TrainConfig.from_dict(state[ck.CONFIG]).model == "resnet18"
+    assert (state[ckpt.STEP], state[ckpt.EPOCH], state[ckpt.STEP_IN_EPOCH]) == (TOTAL_STEPS, EPOCHS, 0)
+    assert state[ckpt.CLASSES] == seven_groups[1].classes and state[ckpt.DATA_FINGERPRINT] == seven_groups[1].fingerprint
+    assert state[ckpt.MLFLOW_RUN_ID] == summary["mlflow_run_id"]
+    assert not any(k.startswith("module.") for k in state[ckpt.MODEL])
+    assert TrainConfig.from_dict(state[ckpt.CONFIG]).model == "resnet18"
     model = model_from_checkpoint(state)
-    assert all(torch.equal(v, state[ck.MODEL][k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, state[ckpt.MODEL][k]) for k, v in model.state_dict().items())
 
-    copy = ck.save_checkpoint(state, str(tmp_path / "copy.pt"))
+    copy = ckpt.save_checkpoint(state, str(tmp_path / "copy.pt"))
     assert os.listdir(tmp_path) == ["copy.pt"]  # the temp file was renamed, not left behind
-    again = ck.load_checkpoint(copy)
-    assert all(torch.equal(again[ck.MODEL][k], v) for k, v in state[ck.MODEL].items())
-    assert again[ck.OPTIMIZER]["param_groups"] == state[ck.OPTIMIZER]["param_groups"]
-    assert again[ck.SCHEDULER] == state[ck.SCHEDULER]
-    best = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.BEST))
-    assert best[ck.BEST_TOP1] == summary["best_val_top1"]
+    again = ckpt.load_checkpoint(copy)
+    assert all(torch.equal(again[ckpt.MODEL][k], v) for k, v in state[ckpt.MODEL].items())
+    assert again[ckpt.OPTIMIZER]["param_groups"] == state[ckpt.OPTIMIZER]["param_groups"]
+    assert again[ckpt.SCHEDULER] == state[ckpt.SCHEDULER]
+    best = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.BEST))
+    assert best[ckpt.BEST_TOP1] == summary["best_val_top1"]
 
 
 def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, seven_groups, tmp_path):
@@ -144,8 +144,8 @@ def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, s
     # Stop mid-epoch 2 after 8 steps (last.pt also written at steps 3, 5 and 6 on the way) ...
     first = train(seven_groups[0], out, *REFERENCE, "--stop-after-steps", "8")
     assert first["steps"] == 8 and first["rank_steps"] == [8, 8]
-    stopped = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
-    assert (stopped[ck.STEP], stopped[ck.EPOCH], stopped[ck.STEP_IN_EPOCH]) == (8, 1, 3)
+    stopped = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
+    assert (stopped[ckpt.STEP], stopped[ckpt.EPOCH], stopped[ckpt.STEP_IN_EPOCH]) == (8, 1, 3)
     # ... then continue: an odd number of batches to skip with 2 loader workers per rank.
     second_run = ok(run("trainer.train", "--data", seven_groups[0], "--out", out, *REFERENCE, "--resume", "auto",
                         nproc=2))
@@ -153,14 +153,14 @@ def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, s
     second = summary_of(out)
     assert second["steps"] == TOTAL_STEPS and second["rank_steps"] == [TOTAL_STEPS, TOTAL_STEPS]
 
-    resumed = ck.load_checkpoint(os.path.join(out, "checkpoints", ck.LAST))
-    uninterrupted = ck.load_checkpoint(os.path.join(ref_out, "checkpoints", ck.LAST))
-    assert resumed[ck.MODEL].keys() == uninterrupted[ck.MODEL].keys()
-    for name, tensor in uninterrupted[ck.MODEL].items():
-        assert torch.equal(resumed[ck.MODEL][name], tensor), name
-    for index, moments in uninterrupted[ck.OPTIMIZER]["state"].items():
+    resumed = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
+    uninterrupted = ckpt.load_checkpoint(os.path.join(ref_out, "checkpoints", ckpt.LAST))
+    assert resumed[ckpt.MODEL].keys() == uninterrupted[ckpt.MODEL].keys()
+    for name, tensor in uninterrupted[ckpt.MODEL].items():
+        assert torch.equal(resumed[ckpt.MODEL][name], tensor), name
+    for index, moments in uninterrupted[ckpt.OPTIMIZER]["state"].items():
         for key, value in moments.items():
-            assert torch.equal(resumed[ck.OPTIMIZER]["state"][index][key], value), (index, key)
+            assert torch.equal(resumed[ckpt.OPTIMIZER]["state"][index][key], value), (index, key)
     for key in ("val_loss", "val_top1", "val_top5", "val_count", "best_val_top1"):
         assert second[key] == ref_summary[key], key
 
@@ -188,11 +188,11 @@ def test_mlflow_gets_params_metrics_and_artifacts(reference):
     assert len(client.get_metric_history(run_.info.run_id, "val_top1")) == EPOCHS  # once per epoch
     assert run_.data.metrics["val_top1"] == summary["val_top1"]
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"classes.json", "config.json", ck.BEST, "summary.json"} <= artifacts
+    assert {"classes.json", "config.json", ckpt.BEST, "summary.json"} <= artifacts
 
 
 def test_resume_with_another_data_set_is_refused(reference, one_group, tmp_path):
-    last = os.path.join(reference[0], "checkpoints", ck.LAST)
+    last = os.path.join(reference[0], "checkpoints", ckpt.LAST)
     line = one_error_line(run("trainer.train", "--data", one_group[0], "--out", str(tmp_path), *REFERENCE,
                               "--resume", last))
     assert "another data set" in line and last in line
@@ -219,7 +219,7 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(seven_groups, tmp_pat
 def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven_groups, tmp_path):
     from trainer.predict import predict
 
-    best = os.path.join(reference[0], "checkpoints", ck.BEST)
+    best = os.path.join(reference[0], "checkpoints", ckpt.BEST)
     classes = seven_groups[1].classes
     images = [class_image(0, str(tmp_path / "a.jpg")), class_image(1, str(tmp_path / "b.png"), "RGBA"),
               class_image(2, str(tmp_path / "c.webp"))]
@@ -241,12 +241,12 @@ def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven_groups, 
 
 
 def test_resume_notes_settings_that_change_the_trajectory():
-    order = {ck.GLOBAL_BATCH: 16, ck.STREAMS: 4, ck.MICRO_BATCH: 8}
-    state = {ck.CONFIG: {"seed": 1, "workers": 2, "val_every": None}, ck.WORLD_SIZE: 2, **order}
+    order = {ckpt.GLOBAL_BATCH: 16, ckpt.STREAMS: 4, ckpt.MICRO_BATCH: 8}
+    state = {ckpt.CONFIG: {"seed": 1, "workers": 2, "val_every": None}, ckpt.WORLD_SIZE: 2, **order}
     # Loader workers, the world size and bookkeeping settings do not change the trajectory ...
-    assert ck.changed_settings(state, {"seed": 1, "workers": 1, "val_every": 5}, order) == []
+    assert ckpt.changed_settings(state, {"seed": 1, "workers": 1, "val_every": 5}, order) == []
     # ... the seed, the global batch, the streams and the micro-batch do.
-    assert ck.changed_settings(state, {"seed": 2, "workers": 2}, {**order, ck.GLOBAL_BATCH: 32, ck.STREAMS: 8}) == [
+    assert ckpt.changed_settings(state, {"seed": 2, "workers": 2}, {**order, ckpt.GLOBAL_BATCH: 32, ckpt.STREAMS: 8}) == [
         "--seed 1 -> 2", "global batch 16 -> 32", "streams 4 -> 8"]
-    assert ck.changed_settings({ck.CONFIG: {"seed": 1}}, {"seed": 1}, order) == [
-        "the sample order (the checkpoint predates canonical streams)"]
+    assert ckpt.changed_settings({ckpt.CONFIG: {"seed": 1}}, {"seed": 1}, order) == [
+        "the sample order (the checkpoint records no stream count)"]

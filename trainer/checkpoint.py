@@ -237,7 +237,7 @@ def changed_settings(state: dict[str, Any], config: dict[str, Any], order: dict[
     changed = [f"--{k.replace('_', '-')} {old[k]} -> {config[k]}" for k in TRAJECTORY_SETTINGS
                if k in old and k in config and old[k] != config[k]]
     if STREAMS not in state:
-        return changed + ["the sample order (the checkpoint predates canonical streams)"]
+        return changed + ["the sample order (the checkpoint records no stream count)"]
     return changed + [f"{name} {state[key]} -> {order[key]}" for key, name in ORDER.items() if state[key] != order[key]]
 
 

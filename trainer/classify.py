@@ -21,7 +21,7 @@ import torch
 from data.images import BadImage, to_rgb_jpeg
 from data.transforms import normalize
 from data.transforms import decode_eval
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.model import model_from_checkpoint
 
 TOP_K = 5
@@ -39,8 +39,8 @@ def prepare_image(data: bytes, size: int) -> np.ndarray:
 def model_only(state: dict) -> dict:
     """The part of a checkpoint dict that scoring needs (weights, model name, classes,
     image size): a small file, loadable by :func:`trainer.checkpoint.load_checkpoint`."""
-    return {ck.FORMAT: ck.FORMAT_VERSION, ck.MODEL: state[ck.MODEL], ck.MODEL_NAME: state[ck.MODEL_NAME],
-            ck.CLASSES: list(state[ck.CLASSES]), ck.CONFIG: {"image_size": state[ck.CONFIG]["image_size"]}}
+    return {ckpt.FORMAT: ckpt.FORMAT_VERSION, ckpt.MODEL: state[ckpt.MODEL], ckpt.MODEL_NAME: state[ckpt.MODEL_NAME],
+            ckpt.CLASSES: list(state[ckpt.CLASSES]), ckpt.CONFIG: {"image_size": state[ckpt.CONFIG]["image_size"]}}
 
 
 def default_device() -> torch.device:
@@ -53,14 +53,14 @@ class Classifier:
     def __init__(self, state: dict, device: torch.device | None = None, image_size: int | None = None,
                  chunk: int = CHUNK):
         self.chunk = chunk
-        self.classes = list(state[ck.CLASSES])
-        self.image_size = image_size or state[ck.CONFIG]["image_size"]
+        self.classes = list(state[ckpt.CLASSES])
+        self.image_size = image_size or state[ckpt.CONFIG]["image_size"]
         self.device = device or default_device()
         self.model = model_from_checkpoint(state).to(self.device)
 
     @classmethod
     def from_file(cls, path: str, device: torch.device | None = None, image_size: int | None = None) -> "Classifier":
-        return cls(ck.load_checkpoint(path), device, image_size)
+        return cls(ckpt.load_checkpoint(path), device, image_size)
 
     @torch.no_grad()
     def probabilities(self, arrays: list[np.ndarray]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from data.settings import check_settings, setting
 from data.transforms import normalize
 from data.manifest import Manifest
 from data.rank_loaders import make_eval_loader, open_split
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.confusion_plot import write_confusion_png
 from trainer.distributed import DistInfo, compute_cleanup, compute_init
 from trainer.metrics import ClassificationSums, evaluate
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_classes(state: dict, manifest: Manifest, checkpoint: str, data: str) -> None:
     """Refuse, in one line, a data set whose classes (names or order) are not the checkpoint's."""
-    trained = list(state[ck.CLASSES])
+    trained = list(state[ckpt.CLASSES])
     if trained != manifest.classes:
         def show(names: list[str]) -> str:
             return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -79,13 +79,13 @@ def default_confusion_path(checkpoint: str, split: str, json_path: str | None) -
 def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size: int | None = None,
           workers: int = 2, image_size: int | None = None, precision: str = "auto") -> tuple[ClassificationSums, dict]:
     """Reduced sums of ``checkpoint`` on ``data``'s ``split`` (a collective: every rank calls it)."""
-    state = ck.load_checkpoint(checkpoint)
+    state = ckpt.load_checkpoint(checkpoint)
     manifest = Manifest.load(data)
     check_classes(state, manifest, checkpoint, data)
     if manifest.split(split).rows == 0:
         raise UserError(f"split {split!r} of {data} is empty")
     parquet = open_split(data, split, manifest)
-    trained = state[ck.CONFIG]
+    trained = state[ckpt.CONFIG]
     batch_size = batch_size or trained["batch_size"]
     image_size = image_size or trained["image_size"]
     if batch_size < 1 or image_size < 1 or workers < 0:
@@ -101,7 +101,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
         sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
                         partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))
     context = {"checkpoint": os.path.abspath(checkpoint), "data": data if "://" in data else os.path.abspath(data),
-               "split": split, "step": state[ck.STEP], "model": state[ck.MODEL_NAME], "image_size": image_size,
+               "split": split, "step": state[ckpt.STEP], "model": state[ckpt.MODEL_NAME], "image_size": image_size,
                "world_size": dist.world_size, "classes": manifest.classes}
     return sums, context
 
@@ -133,7 +133,7 @@ def print_report(res: dict) -> None:
 def log_to_run(checkpoint: str, res: dict) -> None:
     """Add the results to the checkpoint's MLflow run: ``SPLIT_loss/top1/top5/count`` at the
     checkpoint's step, the confusion-matrix picture and the JSON under ``evaluation/``."""
-    tracker = checkpoint_run(checkpoint, ck.load_checkpoint(checkpoint).get(ck.MLFLOW_RUN_ID))
+    tracker = checkpoint_run(checkpoint, ckpt.load_checkpoint(checkpoint).get(ckpt.MLFLOW_RUN_ID))
     split = res["split"]
     tracker.log_metrics({f"{split}_{k}": res[k] for k in ("loss", "top1", "top5", "count")}, res["step"])
     tracker.log_dict(res, f"evaluation/{split}.json")
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     opts = EvaluateOptions(**vars(build_parser().parse_args(argv)))
     dist = compute_init()
     try:
-        sums, context = score(opts.checkpoint, opts.data, opts.split, dist, batch_size=opts.batch_size, workers=opts.workers,
-                              image_size=opts.image_size, precision=opts.precision)
+        sums, context = score(opts.checkpoint, opts.data, opts.split, dist, batch_size=opts.batch_size,
+                              workers=opts.workers, image_size=opts.image_size, precision=opts.precision)
         if not dist.is_main:
             return None
         png = opts.confusion or default_confusion_path(opts.checkpoint, opts.split, opts.json)

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from data.errors import UserError
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 
 
 def classification_models() -> list[str]:
@@ -124,7 +124,7 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
 def model_from_checkpoint(state: dict) -> nn.Module:
     """The model a checkpoint dict (see :mod:`trainer.checkpoint`) was validated with, in
     eval mode: its EMA weights when the run kept them (``--model-ema``), else its weights."""
-    model = build_model(state[ck.MODEL_NAME], len(state[ck.CLASSES]))
-    weights = state.get(ck.EMA) or state[ck.MODEL]
+    model = build_model(state[ckpt.MODEL_NAME], len(state[ckpt.CLASSES]))
+    weights = state.get(ckpt.EMA) or state[ckpt.MODEL]
     model.load_state_dict({strip_wrappers(k): v for k, v in weights.items()})
     return model.eval()

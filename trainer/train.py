@@ -34,7 +34,7 @@ from data.workers import worker_context
 from data.manifest import Manifest
 from data.progress import progress_bar
 from data.rank_loaders import make_eval_loader, make_train_loader, open_split, train_steps_per_epoch
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, parse_args
 from trainer.peers import StepBeacon
 from trainer.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, compute_cleanup, compute_init,
@@ -145,43 +145,44 @@ class Job:
     def state(self) -> dict:
         """What a checkpoint holds (keys: :mod:`trainer.checkpoint`'s constants): enough to
         continue as if never stopped, and to refuse another data set or model."""
-        p = self.progress
+        progress, c = self.progress, ckpt
         return {
-            ck.MODEL: self.model_without_ddp.state_dict(), ck.OPTIMIZER: self.optimizer.state_dict(),
-            ck.SCHEDULER: self.scheduler.state_dict(), ck.SCALER: self.scaler.state_dict(),
-            ck.STEP: p.step, ck.EPOCH: p.epoch, ck.STEP_IN_EPOCH: p.step_in_epoch, ck.BEST_TOP1: p.best_top1,
-            ck.CONFIG: self.cfg.to_dict(), ck.RNG: ck.rng_state(), ck.MLFLOW_RUN_ID: self.tracker.run_id,
-            ck.CLASSES: self.manifest.classes, ck.DATA_FINGERPRINT: self.manifest.fingerprint,
-            ck.MODEL_NAME: self.cfg.model, ck.WORLD_SIZE: self.dist.world_size, ck.SKIPPED_STEPS: p.skipped_steps,
-            ck.GLOBAL_BATCH: self.global_batch, ck.STREAMS: self.streams, ck.MICRO_BATCH: self.micro_batch,
-            **({ck.EMA: self.ema.state_dict(), ck.EMA_UPDATES: self.ema.updates} if self.ema is not None else {}),
+            c.MODEL: self.model_without_ddp.state_dict(), c.OPTIMIZER: self.optimizer.state_dict(),
+            c.SCHEDULER: self.scheduler.state_dict(), c.SCALER: self.scaler.state_dict(),
+            c.STEP: progress.step, c.EPOCH: progress.epoch, c.STEP_IN_EPOCH: progress.step_in_epoch,
+            c.BEST_TOP1: progress.best_top1, c.SKIPPED_STEPS: progress.skipped_steps,
+            c.CONFIG: self.cfg.to_dict(), c.RNG: c.rng_state(), c.MLFLOW_RUN_ID: self.tracker.run_id,
+            c.CLASSES: self.manifest.classes, c.DATA_FINGERPRINT: self.manifest.fingerprint,
+            c.MODEL_NAME: self.cfg.model, c.WORLD_SIZE: self.dist.world_size,
+            c.GLOBAL_BATCH: self.global_batch, c.STREAMS: self.streams, c.MICRO_BATCH: self.micro_batch,
+            **({c.EMA: self.ema.state_dict(), c.EMA_UPDATES: self.ema.updates} if self.ema is not None else {}),
         }
 
     def load_state(self, state: dict) -> None:
         """Continue from a checkpoint that :meth:`state` wrote: weights, optimizer, LR schedule,
         scaler, RNG and the position in training. (Its MLflow run id is read by :func:`setup`,
         which opens the tracker on that run.)"""
-        self.model_without_ddp.load_state_dict(state[ck.MODEL])
-        self.optimizer.load_state_dict(state[ck.OPTIMIZER])
-        self.scheduler.load_state_dict(state[ck.SCHEDULER])
-        self.scaler.load_state_dict(state[ck.SCALER])
+        self.model_without_ddp.load_state_dict(state[ckpt.MODEL])
+        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
+        self.scheduler.load_state_dict(state[ckpt.SCHEDULER])
+        self.scaler.load_state_dict(state[ckpt.SCALER])
         if self.ema is not None:
-            if ck.EMA not in state:
+            if ckpt.EMA not in state:
                 raise UserError("--model-ema: the checkpoint has no EMA weights (its run had no --model-ema)")
-            self.ema.load_state_dict(state[ck.EMA], state[ck.EMA_UPDATES])
-        ck.set_rng_state(state[ck.RNG])
-        self.progress = Progress(step=state[ck.STEP], epoch=state[ck.EPOCH], step_in_epoch=state[ck.STEP_IN_EPOCH],
-                                 best_top1=state[ck.BEST_TOP1], skipped_steps=state.get(ck.SKIPPED_STEPS, 0))
+            self.ema.load_state_dict(state[ckpt.EMA], state[ckpt.EMA_UPDATES])
+        ckpt.set_rng_state(state[ckpt.RNG])
+        self.progress = Progress(step=state[ckpt.STEP], epoch=state[ckpt.EPOCH], step_in_epoch=state[ckpt.STEP_IN_EPOCH],
+                                 best_top1=state[ckpt.BEST_TOP1], skipped_steps=state.get(ckpt.SKIPPED_STEPS, 0))
 
     def save(self, name: str) -> str | None:
         if not self.dist.is_main:
             return None
         # The last.pt of an earlier step is kept as previous.pt (why: trainer.checkpoint); a
         # second write at the same step (an epoch's end after --ckpt-every) replaces last.pt only.
-        folder, step = ck.checkpoint_dir(self.cfg.out), self.progress.step
-        previous = os.path.join(folder, ck.PREVIOUS) if name == ck.LAST and step != self.last_saved_step else None
-        path = ck.save_checkpoint(self.state(), os.path.join(folder, name), previous)
-        if name == ck.LAST:
+        folder, step = ckpt.checkpoint_dir(self.cfg.out), self.progress.step
+        previous = os.path.join(folder, ckpt.PREVIOUS) if name == ckpt.LAST and step != self.last_saved_step else None
+        path = ckpt.save_checkpoint(self.state(), os.path.join(folder, name), previous)
+        if name == ckpt.LAST:
             self.last_saved_step = step
         return path
 
@@ -190,18 +191,18 @@ def validate(job: Job) -> dict:
     """Run :func:`evaluate` on the val split (the EMA weights with ``--model-ema``); log it,
     keep ``best.pt`` when top-1 improves."""
     broadcast_buffers(job.eval_model)  # every rank scores the model rank 0 saves
-    p = job.progress
+    progress = job.progress
     with job.loader(job.val, train=False) as batches:
-        res = evaluate(job.eval_model, job.watchdog.watch(batches, f"validation at step {p.step}"),
+        res = evaluate(job.eval_model, job.watchdog.watch(batches, f"validation at step {progress.step}"),
                        job.dist.device, job.manifest.num_classes, job.inputs, job.autocast).results()
-    job.watchdog.tick(f"validation at step {p.step}")
-    p.last_val = res
-    job.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, p.step)
-    print0(f"step {p.step}/{job.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
+    job.watchdog.tick(f"validation at step {progress.step}")
+    progress.last_val = res
+    job.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, progress.step)
+    print0(f"step {progress.step}/{job.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
            f"top5 {res['top5']:.4f}  ({res['count']} images)")
-    if res["top1"] > p.best_top1:
-        p.best_top1 = res["top1"]
-        job.save(ck.BEST)
+    if res["top1"] > progress.best_top1:
+        progress.best_top1 = res["top1"]
+        job.save(ckpt.BEST)
     job.model.train()
     return res
 
@@ -210,10 +211,10 @@ def train_one_epoch(job: Job, batches, bar) -> None:
     """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all
     (fewer only when ``--stop-after-steps`` is reached first). ``batches`` yields
     :meth:`Job.inputs` ``(x, y)``: model inputs and labels on the device."""
-    cfg, p = job.cfg, job.progress
+    cfg, progress = job.cfg, job.progress
     job.model.train()
     window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-    while p.step_in_epoch < job.steps_per_epoch and not job.stop_reached:
+    while progress.step_in_epoch < job.steps_per_epoch and not job.stop_reached:
         t0 = time.perf_counter()
         x, y = next(batches)  # job.inputs, made ready one batch ahead (see fit)
         t1 = time.perf_counter()
@@ -226,17 +227,17 @@ def train_one_epoch(job: Job, batches, bar) -> None:
         job.scaler.step(job.optimizer)
         job.scaler.update()
         if job.scaler.is_enabled() and job.scaler.get_scale() < scale:  # backed off: this step was skipped
-            p.skipped_steps += 1
+            progress.skipped_steps += 1
         if job.ema is not None:
             job.ema.update(job.model_without_ddp)
         job.scheduler.step()
-        p.step += 1
-        p.step_in_epoch += 1
-        job.beacon.mark(p.step)
-        job.watchdog.tick(f"train step {p.step}")
+        progress.step += 1
+        progress.step_in_epoch += 1
+        job.beacon.mark(progress.step)
+        job.watchdog.tick(f"train step {progress.step}")
         window_images += len(y)
         window_wait += t1 - t0
-        if p.step % cfg.log_every == 0 or p.step_in_epoch == job.steps_per_epoch or job.stop_reached:
+        if progress.step % cfg.log_every == 0 or progress.step_in_epoch == job.steps_per_epoch or job.stop_reached:
             # The ranks' current losses, averaged (reading it syncs the device: only here).
             ranks_loss = all_reduce_sum(torch.tensor([loss.float().item(), 1.0], dtype=torch.float64))
             elapsed = time.perf_counter() - window_start
@@ -244,21 +245,21 @@ def train_one_epoch(job: Job, batches, bar) -> None:
                        "lr": job.scheduler.get_last_lr()[0],
                        "train_images_per_s": window_images * job.dist.world_size / elapsed,
                        "data_wait_fraction": window_wait / elapsed,
-                       **({"skipped_steps": p.skipped_steps} if job.scaler.is_enabled() else {})}
-            job.tracker.log_metrics(metrics, p.step)
+                       **({"skipped_steps": progress.skipped_steps} if job.scaler.is_enabled() else {})}
+            job.tracker.log_metrics(metrics, progress.step)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", lr=f"{metrics['lr']:.2e}",
                             img_s=f"{metrics['train_images_per_s']:.0f}")
-            p.images += window_images
-            p.busy_s += elapsed
-            p.wait_s += window_wait
+            progress.images += window_images
+            progress.busy_s += elapsed
+            progress.wait_s += window_wait
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
         bar.update(1)
-        if job.val is not None and cfg.val_every and p.step % cfg.val_every == 0:
+        if job.val is not None and cfg.val_every and progress.step % cfg.val_every == 0:
             started = time.perf_counter()
             validate(job)
             window_start += time.perf_counter() - started  # the window's steps keep their time
-        if cfg.ckpt_every and p.step % cfg.ckpt_every == 0:
-            job.save(ck.LAST)
+        if cfg.ckpt_every and progress.step % cfg.ckpt_every == 0:
+            job.save(ckpt.LAST)
 
 
 def micro_steps(job: Job, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -289,8 +290,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float,
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (pretrained, decays) -> parameters
     for name, param in model.named_parameters():
         groups.setdefault((name in backbone, param.ndim > 1), []).append(param)
-    order = [(False, True), (False, False), (True, True), (True, False)]  # as before there was a backbone group:
-    param_groups = [{"params": groups[key], "weight_decay": cfg.weight_decay if key[1] else 0.0,  # old checkpoints load
+    # Fresh decaying, fresh other, then pretrained groups: a run without pretrained weights has
+    # the first two only, in the order its optimizer state was saved.
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    param_groups = [{"params": groups[key], "weight_decay": cfg.weight_decay if key[1] else 0.0,
                      "lr": lr * cfg.backbone_lr_factor if key[0] else lr} for key in order if key in groups]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
@@ -331,13 +334,13 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     train = open_split(cfg.data, "train", manifest)
     val_split = manifest.splits.get("val")
     val = open_split(cfg.data, "val", manifest) if val_split and val_split.rows else None
-    resume_path, resumed, fallback = ck.load_resume(cfg.out, cfg.resume)
+    resume_path, resumed, fallback = ckpt.load_resume(cfg.out, cfg.resume)
     if fallback:
         print0(f"warning: {fallback}")
     if resumed is not None:
-        ck.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
+        ckpt.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
                             model_name=cfg.model, path=resume_path)
-    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, resumed and resumed.get(ck.MICRO_BATCH))
+    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, resumed and resumed.get(ckpt.MICRO_BATCH))
     steps_per_epoch = train_steps_per_epoch(train, global_batch // dist.world_size, dist.world_size,
                                             cfg.steps_per_epoch)
     streams = train_streams(cfg, resumed, global_batch, dist.world_size)
@@ -364,17 +367,17 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
         scheduler=warmup_cosine(optimizer, warmup_steps, total_steps),
         scaler=make_scaler(dist.device, autocast_dtype),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ck.MLFLOW_RUN_ID] if resumed else None),
+        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ckpt.MLFLOW_RUN_ID] if resumed else None),
         beacon=beacon, watchdog=watchdog, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
     if resumed is not None:
         job.load_state(resumed)
-        changed = ck.changed_settings(resumed, cfg.to_dict(), {ck.GLOBAL_BATCH: global_batch, ck.STREAMS: streams,
-                                                               ck.MICRO_BATCH: micro_batch})
+        changed = ckpt.changed_settings(resumed, cfg.to_dict(), {ckpt.GLOBAL_BATCH: global_batch, ckpt.STREAMS: streams,
+                                                               ckpt.MICRO_BATCH: micro_batch})
         if changed:
             print0(f"note: resuming with {', '.join(changed)}: training goes on, but not exactly as it "
                    "would have without the interruption")
-        elif resumed.get(ck.WORLD_SIZE) != dist.world_size:
-            print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ck.WORLD_SIZE)}): the same global "
+        elif resumed.get(ckpt.WORLD_SIZE) != dist.world_size:
+            print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ckpt.WORLD_SIZE)}): the same global "
                    f"batches (micro-batch {micro_batch}, {grad_accum} accumulated per rank); gradients are summed "
                    "in another order, so the weights follow the uninterrupted run up to float rounding, not bit "
                    "for bit")
@@ -386,9 +389,9 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
 def train_streams(cfg: TrainConfig, resumed: dict | None, global_batch: int, world_size: int) -> int:
     """``--streams``; else the checkpoint's when it fits this world size and global batch
     (so the run goes on in the same order); else :func:`data.order.default_streams`."""
-    if cfg.streams is None and resumed is not None and resumed.get(ck.GLOBAL_BATCH) == global_batch \
-            and resumed[ck.STREAMS] % world_size == 0:
-        return resumed[ck.STREAMS]
+    if cfg.streams is None and resumed is not None and resumed.get(ckpt.GLOBAL_BATCH) == global_batch \
+            and resumed[ckpt.STREAMS] % world_size == 0:
+        return resumed[ckpt.STREAMS]
     streams = cfg.streams or default_streams(global_batch, world_size, cfg.workers)
     check_streams(streams, global_batch, world_size)
     return streams
@@ -396,7 +399,7 @@ def train_streams(cfg: TrainConfig, resumed: dict | None, global_batch: int, wor
 
 def fit(job: Job) -> dict:
     """Train to ``epochs * steps_per_epoch`` steps from wherever ``job.progress`` stands."""
-    cfg, p = job.cfg, job.progress
+    cfg, progress = job.cfg, job.progress
     job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size, "global_batch": job.global_batch,
                             "micro_batch": job.micro_batch, "effective_grad_accum": job.grad_accum,
                             "effective_streams": job.streams,
@@ -414,29 +417,29 @@ def fit(job: Job) -> dict:
     print0(f"{cfg.optimizer} LR {job.lr:.4g} ({rule}), linear warm-up over {job.warmup_steps} steps, "
            f"then cosine to 0" + (f"; pretrained layers at {cfg.backbone_lr_factor:g} x" if job.backbone and
                                   cfg.backbone_lr_factor != 1 else ""))
-    bar = progress_bar(total=job.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
+    bar = progress_bar(total=job.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and job.dist.is_main))
-    job.watchdog.tick(f"start of training at step {p.step}")
+    job.watchdog.tick(f"start of training at step {progress.step}")
     try:
-        while p.epoch < cfg.epochs and not job.stop_reached:
-            bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
-            job.set_backbone_frozen(p.epoch < cfg.freeze_backbone_epochs)
+        while progress.epoch < cfg.epochs and not job.stop_reached:
+            bar.set_description(f"epoch {progress.epoch + 1}/{cfg.epochs}")
+            job.set_backbone_frozen(progress.epoch < cfg.freeze_backbone_epochs)
             # The next batch is decoded (--decode gpu) or copied and normalised on a side
             # stream while this step runs (data.gpu_prefetch); same batches, same order.
-            with job.loader(job.train, train=True, epoch=p.epoch, skip=p.step_in_epoch) as batches, \
+            with job.loader(job.train, train=True, epoch=progress.epoch, skip=progress.step_in_epoch) as batches, \
                     make_device_prefetcher(batches, job.inputs, job.dist.device) as inputs:
                 train_one_epoch(job, inputs, bar)
-            if p.step_in_epoch < job.steps_per_epoch:  # --stop-after-steps, mid-epoch
-                job.save(ck.LAST)
-                print0(f"stopped after step {p.step} of {job.total_steps} (--stop-after-steps): "
+            if progress.step_in_epoch < job.steps_per_epoch:  # --stop-after-steps, mid-epoch
+                job.save(ckpt.LAST)
+                print0(f"stopped after step {progress.step} of {job.total_steps} (--stop-after-steps): "
                        "continue with --resume auto")
                 return summarize(job)
-            validated = cfg.val_every and p.step % cfg.val_every == 0
+            validated = cfg.val_every and progress.step % cfg.val_every == 0
             if job.val is not None and not validated:
                 validate(job)
-            p.epoch, p.step_in_epoch = p.epoch + 1, 0
-            job.save(ck.LAST)
-        if job.val is not None and not p.last_val and not job.stop_reached:  # resumed after the last step
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            job.save(ckpt.LAST)
+        if job.val is not None and not progress.last_val and not job.stop_reached:  # resumed after the last step
             validate(job)
     finally:
         bar.close()
@@ -445,17 +448,17 @@ def fit(job: Job) -> dict:
 
 def summarize(job: Job) -> dict:
     """Reduce the run's numbers over ranks; rank 0 writes summary.json and logs artifacts."""
-    p, val = job.progress, job.progress.last_val
+    progress, val = job.progress, job.progress.last_val
     world = job.dist.world_size
     steps_by_rank = torch.zeros(world, dtype=torch.float64)
-    steps_by_rank[job.dist.rank] = p.step
-    stats = all_reduce_sum(torch.cat([torch.tensor([p.images, p.busy_s, p.wait_s], dtype=torch.float64),
-                                      steps_by_rank]))
+    steps_by_rank[job.dist.rank] = progress.step
+    times = torch.tensor([progress.images, progress.busy_s, progress.wait_s], dtype=torch.float64)
+    stats = all_reduce_sum(torch.cat([times, steps_by_rank]))
     summary = {
-        "steps": p.step, "steps_per_epoch": job.steps_per_epoch, "epochs": job.cfg.epochs,
+        "steps": progress.step, "steps_per_epoch": job.steps_per_epoch, "epochs": job.cfg.epochs,
         "world_size": world, "val_top1": val.get("top1"), "val_top5": val.get("top5"),
-        "val_loss": val.get("loss"), "val_count": val.get("count"), "best_val_top1": max(p.best_top1, 0.0),
-        "skipped_steps": p.skipped_steps,
+        "val_loss": val.get("loss"), "val_count": val.get("count"), "best_val_top1": max(progress.best_top1, 0.0),
+        "skipped_steps": progress.skipped_steps,
         "train_images_per_s": float(stats[0] / (stats[1] / world)) if stats[1] else None,
         "data_wait_fraction": float(stats[2] / stats[1]) if stats[1] else None,
         "rank_steps": [int(v) for v in stats[3:]],  # optimizer steps each rank ran: all equal
@@ -463,16 +466,16 @@ def summarize(job: Job) -> dict:
         "mlflow_tracking_uri": job.tracker.tracking_uri,
     }
     if job.dist.is_main:
-        best = os.path.join(ck.checkpoint_dir(job.cfg.out), ck.BEST)
-        state = ck.load_checkpoint(best) if os.path.isfile(best) else job.state()
+        best = os.path.join(ckpt.checkpoint_dir(job.cfg.out), ckpt.BEST)
+        state = ckpt.load_checkpoint(best) if os.path.isfile(best) else job.state()
         # A full disk here loses nothing: the checkpoints are written, and a rerun with
         # --resume auto of the finished run logs the model and artifacts again.
-        need = ck.state_bytes(state[ck.MODEL]) + (os.path.getsize(best) if os.path.isfile(best) else 0)
+        need = ckpt.state_bytes(state[ckpt.MODEL]) + (os.path.getsize(best) if os.path.isfile(best) else 0)
         with storage_errors(f"cannot store the MLflow model and artifacts in {job.tracker.artifact_uri} (they need "
                             f"about {need / 2**20:.1f} MiB)",
-                            f"the run's checkpoints are kept in {ck.checkpoint_dir(job.cfg.out)}: free space "
+                            f"the run's checkpoints are kept in {ckpt.checkpoint_dir(job.cfg.out)}: free space "
                             "and rerun with --resume auto to store them"):
-            if p.step >= job.total_steps:  # a finished run: its best weights become the MLflow model
+            if progress.step >= job.total_steps:  # a finished run: its best weights become the MLflow model
                 model_uri, version = job.tracker.log_model(state, job.cfg.register_model)
                 summary.update(mlflow_model_uri=model_uri, mlflow_model_version=version)
                 print0(f"MLflow model: {model_uri}" + (f" (registered as {job.cfg.register_model} version {version})"

@@ -23,7 +23,7 @@ import torch
 
 import trainer.train
 from tests.parquet_sets import write_data_set
-from trainer import checkpoint as ck
+from trainer import checkpoint as ckpt
 from trainer.precision import FORCE_SCALER_ENV
 from trainer.tracking import NullTracker
 
@@ -58,13 +58,13 @@ def test_fp16_run_with_loss_scaling_resumes_exactly(tmp_path, monkeypatch, deter
     assert trainer.train.main([*run, "--out", stopped_out, "--stop-after-steps", "5"])["steps"] == 5
     resumed = trainer.train.main([*run, "--out", stopped_out, "--resume", "auto"])
 
-    a = ck.load_checkpoint(os.path.join(whole_out, "checkpoints", ck.LAST))
-    b = ck.load_checkpoint(os.path.join(stopped_out, "checkpoints", ck.LAST))
-    assert a[ck.STEP] == b[ck.STEP] == whole["steps"] == resumed["steps"] == 16
-    assert a[ck.CONFIG]["precision"] == precision[1] and a[ck.SCALER], "the loss scaler was not on"
-    print(f"loss scale {a[ck.SCALER]['scale']:g}, skipped steps {a[ck.SKIPPED_STEPS]}, "
+    a = ckpt.load_checkpoint(os.path.join(whole_out, "checkpoints", ckpt.LAST))
+    b = ckpt.load_checkpoint(os.path.join(stopped_out, "checkpoints", ckpt.LAST))
+    assert a[ckpt.STEP] == b[ckpt.STEP] == whole["steps"] == resumed["steps"] == 16
+    assert a[ckpt.CONFIG]["precision"] == precision[1] and a[ckpt.SCALER], "the loss scaler was not on"
+    print(f"loss scale {a[ckpt.SCALER]['scale']:g}, skipped steps {a[ckpt.SKIPPED_STEPS]}, "
           f"val_loss {whole['val_loss']:.6f}")
-    assert a[ck.SCALER] == b[ck.SCALER] and a[ck.SKIPPED_STEPS] == b[ck.SKIPPED_STEPS] == resumed["skipped_steps"]
-    differ = [name for name, t in a[ck.MODEL].items() if not torch.equal(t, b[ck.MODEL][name])]
+    assert a[ckpt.SCALER] == b[ckpt.SCALER] and a[ckpt.SKIPPED_STEPS] == b[ckpt.SKIPPED_STEPS] == resumed["skipped_steps"]
+    differ = [name for name, t in a[ckpt.MODEL].items() if not torch.equal(t, b[ckpt.MODEL][name])]
     assert not differ, f"{len(differ)} tensors differ after resuming, e.g. {differ[:3]}"
     assert whole["val_loss"] == resumed["val_loss"] and whole["val_top1"] == resumed["val_top1"]
