@@ -183,19 +183,19 @@ class ParquetImages(IterableDataset):
         taken = ((step, [next(source) for source in sources]) for step in itertools.count())
         todo = itertools.islice(taken, self.skip_batches, None)
         if self.ring is None:
-            for step, chunks in todo:
-                yield self._train_step(step, chunks, streams)
+            for step, step_parts in todo:
+                yield self._train_step(step, step_parts, streams)
             return
         for group in itertools.count():
             slot, buffer = self.ring.slot(worker, group)
-            labels = [self._train_step(step, chunks, streams, buffer[i])[1]
-                      for i, (step, chunks) in enumerate(itertools.islice(todo, self.ring.steps))]
+            labels = [self._train_step(step, step_parts, streams, buffer[i])[1]
+                      for i, (step, step_parts) in enumerate(itertools.islice(todo, self.ring.steps))]
             yield Slot(worker, slot, len(labels[0])), np.stack(labels)
 
-    def _train_step(self, step: int, chunks: list, streams: range, out: torch.Tensor | None = None):
+    def _train_step(self, step: int, step_parts: list, streams: range, out: torch.Tensor | None = None):
         """(images, labels) of this worker's part of ``step``: decoded (into ``out`` when given)
         and augmented with randomness keyed by (seed, epoch, stream, step)."""
-        raw = np.concatenate([c[0] for c in chunks])
+        raw = np.concatenate([c[0] for c in step_parts])
         params = [functools.partial(train_params, rng=augment_rng(self.seed, self.epoch, s, step)) for s in streams]
         images = self._decode(raw, params, out)
         if self.augment is not None:
@@ -203,13 +203,13 @@ class ParquetImages(IterableDataset):
                 rows = slice(i * self.stream_rows, (i + 1) * self.stream_rows)
                 self.augment(images[rows], augment_key(self.seed, self.epoch, s, step))
         if self.record:
-            self._record(step, streams, chunks)
-        return images, np.concatenate([c[1] for c in chunks])
+            self._record(step, streams, step_parts)
+        return images, np.concatenate([c[1] for c in step_parts])
 
-    def _record(self, step: int, streams: range, chunks: list) -> None:
+    def _record(self, step: int, streams: range, step_parts: list) -> None:
         with open(os.path.join(self.record, f"{os.getpid()}.jsonl"), "a") as f:
-            for s, chunk in zip(streams, chunks):
-                f.write(json.dumps({"epoch": self.epoch, "step": step, "stream": s, "paths": chunk[2].tolist()}) + "\n")
+            for s, rows in zip(streams, step_parts):
+                f.write(json.dumps({"epoch": self.epoch, "step": step, "stream": s, "paths": rows[2].tolist()}) + "\n")
 
     def _decode(self, raw, params: list, out: torch.Tensor | None = None):
         """Decode (or wrap for GPU decoding) ``raw`` into ``out`` when given; image ``i`` takes

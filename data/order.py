@@ -92,13 +92,13 @@ def augment_key(seed: int, epoch: int, stream: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream, step, 8]).generate_state(1)[0])
 
 
-def mixed_rows(chunks: Iterable[Rows], shuffle_rows: int, key: tuple) -> Iterator[Rows]:
+def mixed_rows(blocks: Iterable[Rows], shuffle_rows: int, key: tuple) -> Iterator[Rows]:
     """One pass's rows, mixed: rows gather in a buffer until it holds ``shuffle_rows``, the
     buffer is permuted (seeded by ``key`` and the fill count) and all but half of it leaves;
     at the end of the pass the rest leaves, permuted too."""
     buffer: Rows = _EMPTY
     fill = 0
-    for fill, new in enumerate(chunks):
+    for fill, new in enumerate(blocks):
         buffer = _concat([buffer, new])
         n = len(buffer[1])
         if n >= shuffle_rows:

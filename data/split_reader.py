@@ -170,11 +170,11 @@ class RowGroupReader:
 
     def read(self, group: int) -> Rows:
         """Row group ``group`` (numbered as :attr:`ParquetSplit.group_rows`), all its rows."""
-        chunk = self._retrying(f"{self._file(group)} (row group {group})", lambda: self._next(group))
-        if len(chunk.label) != self.split.group_rows[group]:
-            raise UserError(f"{self.split.url}: row group {group} holds {len(chunk.label)} rows, its footer said "
+        batch = self._retrying(f"{self._file(group)} (row group {group})", lambda: self._next(group))
+        if len(batch.label) != self.split.group_rows[group]:
+            raise UserError(f"{self.split.url}: row group {group} holds {len(batch.label)} rows, its footer said "
                             f"{self.split.group_rows[group]} (files changed since the split was checked?)")
-        return chunk.image, chunk.label.astype(np.int64), chunk.path
+        return batch.image, batch.label.astype(np.int64), batch.path
 
     def rows(self, ranges: list[tuple[int, int, int]]) -> Iterator[Rows]:
         """The rows of each ``(row group, start, stop)`` range (:func:`data.order.row_ranges`), in order."""

@@ -100,7 +100,7 @@ def task_device():
 
 
 def score_batches(batches: Iterator, *, weights, root: str | None, classes: list[str] | None,
-                  chunk: int, storage: dict[str, str] | None) -> Iterator:
+                  forward_batch: int, storage: dict[str, str] | None) -> Iterator:
     """The ``mapInPandas`` function: build the model once per task, then score each batch.
 
     A batch holds ``path`` (and ``image``/``label`` for a converted split); image-folder
@@ -111,7 +111,7 @@ def score_batches(batches: Iterator, *, weights, root: str | None, classes: list
     from trainer.classify import Classifier
 
     classifier = Classifier(torch.load(io.BytesIO(weights.value), map_location="cpu", weights_only=True),
-                            task_device(), chunk=chunk)
+                            task_device(), forward_batch=forward_batch)
     names = classifier.classes
     for batch in batches:
         read_errors = [None] * len(batch)
@@ -219,7 +219,7 @@ def predict(spark, model: str, input: str, out: str, *, batch_size: int = 64, pa
     torch.save(state, buf)
     weights = spark.sparkContext.broadcast(buf.getvalue())
     try:
-        score = functools.partial(score_batches, weights=weights, root=source, classes=classes, chunk=batch_size,
+        score = functools.partial(score_batches, weights=weights, root=source, classes=classes, forward_batch=batch_size,
                                   storage=storage)
         with staged_folder(out, overwrite, marker=SUMMARY) as tmp, \
                 runtime_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,9 +64,10 @@ def main() -> int:
             for world in range(1, 5):
                 for workers in range(3):
                     started = time.monotonic()
-                    good, why = run_one(data, os.path.join(tmp, f"run_{rg}_{world}_{workers}"), world, workers,
-                                        a.timeout)
+                    out = os.path.join(tmp, f"run_{rg}_{world}_{workers}")
+                    good, why = run_one(data, out, world, workers, a.timeout)
                     failures += not good
+                    shutil.rmtree(out, ignore_errors=True)  # 96 runs' checkpoints would fill a small disk
                     print(f"{rg:>10} {world:>5} {workers:>7} {time.monotonic() - started:>7.1f}  {why}", flush=True)
     print(f"{failures} failed" if failures else "all passed")
     return 1 if failures else 0

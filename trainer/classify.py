@@ -25,7 +25,7 @@ from trainer import checkpoint as ckpt
 from trainer.model import model_from_checkpoint
 
 TOP_K = 5
-CHUNK = 32  # images per forward pass
+FORWARD_BATCH = 32  # images per forward pass
 # What :meth:`Classifier.predict` returns, in this order.
 OUTPUT_COLUMNS = ("prediction", "probability", "top5_classes", "top5_probabilities", "error")
 
@@ -51,8 +51,8 @@ class Classifier:
     """A trained model, its class names and eval size, on ``device`` (default: CUDA if any)."""
 
     def __init__(self, state: dict, device: torch.device | None = None, image_size: int | None = None,
-                 chunk: int = CHUNK):
-        self.chunk = chunk
+                 forward_batch: int = FORWARD_BATCH):
+        self.forward_batch = forward_batch
         self.classes = list(state[ckpt.CLASSES])
         self.image_size = image_size or state[ckpt.CONFIG]["image_size"]
         self.device = device or default_device()
@@ -66,8 +66,8 @@ class Classifier:
     def probabilities(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Softmax probabilities ``[N, classes]`` (CPU, float32) of prepared images."""
         out = []
-        for start in range(0, len(arrays), self.chunk):
-            batch = torch.from_numpy(np.stack(arrays[start:start + self.chunk])).permute(0, 3, 1, 2)
+        for start in range(0, len(arrays), self.forward_batch):
+            batch = torch.from_numpy(np.stack(arrays[start:start + self.forward_batch])).permute(0, 3, 1, 2)
             x = normalize(batch, self.device, channels_last=self.device.type == "cuda")
             out.append(self.model(x).float().softmax(dim=1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))

@@ -18,7 +18,7 @@ from data.images import BadImage
 from data.errors import UserError, cli
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
-from trainer.classify import CHUNK, Classifier, prepare_image
+from trainer.classify import FORWARD_BATCH, Classifier, prepare_image
 
 
 @dataclass
@@ -59,8 +59,8 @@ def predict(checkpoint: str, images: list[str], top_k: int = 5,
         raise UserError(f"image not found: {missing[0]}{more}")
     classifier = Classifier.from_file(checkpoint, image_size=image_size)
     out: dict[str, list[tuple[str, float]]] = {}
-    for start in range(0, len(images), CHUNK):  # a chunk of images in memory at a time
-        paths = images[start:start + CHUNK]
+    for start in range(0, len(images), FORWARD_BATCH):  # a forward batch of images in memory at a time
+        paths = images[start:start + FORWARD_BATCH]
         out.update(zip(paths, classifier.top_k([load_image(p, classifier.image_size) for p in paths], top_k)))
     return out
 
