@@ -28,9 +28,12 @@ import os
 import re
 import runpy
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from data.errors import RunFailure, UserError, cli
+from data.settings import build_parser as settings_parser
+from data.settings import check_settings, setting
 from data.spark import parse_conf, spark_session
 
 if TYPE_CHECKING:
@@ -223,24 +226,35 @@ def _distribute(spark, num_processes: int, local_mode: bool, use_gpu: bool | Non
     return value
 
 
+@dataclass
+class SparkLaunchOptions:
+    num_processes: int = setting(1, minimum=1, metavar="N", help="training processes (ranks)")
+    script: str | None = setting(None, metavar="FILE.py", help="run this training script on every rank instead of "
+                                                               "trainer.train; the arguments after `--` are its own")
+    cluster: bool = setting(False, help="one process per Spark task on the executors (default: all on the driver)")
+    use_gpu: bool = setting(False, help="require GPUs from the Spark conf")
+    no_gpu: bool = setting(False, help="train on CPU (default: GPUs when the Spark conf asks for them)")
+    master: str | None = setting(None, metavar="URL", doc="local[N], N = --num-processes", help="Spark master URL")
+    spark_conf: dict[str, str] = setting(factory=dict, repeat=True, metavar="KEY=VALUE", doc="",
+                                         help="Spark setting (repeatable)")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spark_conf, dict):  # the command line's ["k=v", ...]
+            self.spark_conf = parse_conf(self.spark_conf)
+        check_settings(self)
+        if self.use_gpu and self.no_gpu:
+            raise UserError("--use-gpu and --no-gpu contradict each other: give one")
+
+    @property
+    def gpu(self) -> bool | None:
+        """True: require GPUs; False: CPU; None: as the Spark conf says."""
+        return True if self.use_gpu else False if self.no_gpu else None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m launch.spark", allow_abbrev=False,
-        description="Run trainer.train through Spark's TorchDistributor. "
-                    "Everything after `--` goes to the trainer (see python -m trainer.train --help).")
-    p.add_argument("--num-processes", type=int, default=1, help="training processes (ranks)")
-    p.add_argument("--script", metavar="FILE.py",
-                   help="run this training script on every rank instead of trainer.train; the arguments after "
-                        "`--` are its own")
-    p.add_argument("--cluster", action="store_true",
-                   help="one process per Spark task on the executors (default: all on the driver)")
-    gpu = p.add_mutually_exclusive_group()
-    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
-                     help="require GPUs from the Spark conf")
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPU")
-    p.add_argument("--master", help="Spark master URL (default: local[N], N = --num-processes)")
-    p.add_argument("--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting (repeatable)")
-    return p
+    return settings_parser(SparkLaunchOptions, prog="python -m launch.spark", allow_abbrev=False,
+                           description="Run trainer.train through Spark's TorchDistributor. Everything after `--` "
+                                       "goes to the trainer (see python -m trainer.train --help).")
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -248,26 +262,27 @@ def main(argv: list[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
         cut = argv.index("--")
-        args, trainer_args = build_parser().parse_args(argv[:cut]), argv[cut + 1:]
+        parsed, trainer_args = build_parser().parse_args(argv[:cut]), argv[cut + 1:]
     else:
-        args, trainer_args = build_parser().parse_known_args(argv)
-    if args.script:
-        if not os.path.isfile(args.script):
-            raise UserError(f"script not found: {args.script}")
-        target, rest = args.script, trainer_args
+        parsed, trainer_args = build_parser().parse_known_args(argv)
+    opts = SparkLaunchOptions(**vars(parsed))
+    if opts.script:
+        if not os.path.isfile(opts.script):
+            raise UserError(f"script not found: {opts.script}")
+        target, rest = opts.script, trainer_args
     else:
         if not trainer_args:
             raise UserError("no trainer arguments: add `-- --data DATA --out RUN_DIR ...`")
         trainer_config(trainer_args)  # fail on a typo before starting Spark
         target, rest = trainer_args, []
-    master = args.master or f"local[{max(args.num_processes, 1)}]"
-    with spark_session(master=master, conf=parse_conf(args.spark_conf)) as spark:
-        value = run(target, *rest, num_processes=args.num_processes, local_mode=not args.cluster,
-                    use_gpu=args.use_gpu, spark=spark)
+    master = opts.master or f"local[{max(opts.num_processes, 1)}]"
+    with spark_session(master=master, conf=opts.spark_conf) as spark:
+        value = run(target, *rest, num_processes=opts.num_processes, local_mode=not opts.cluster,
+                    use_gpu=opts.gpu, spark=spark)
     if value is not None:
         print(json.dumps(value, indent=2, default=str))
     else:
-        print(f"{args.script}: done on {args.num_processes} process(es)")
+        print(f"{opts.script}: done on {opts.num_processes} process(es)")
     return value
 
 
