@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from data.errors import UserError
 from data.settings import build_parser as settings_parser
 from data.settings import check_settings, setting
+from data.loader import DECODE_MODES
+from data.transforms import AUTO_AUGMENT
 from trainer.precision import PRECISIONS
+from trainer.schedule import BASE_LR
 
 PROG = "torchrun --nproc-per-node N -m trainer.train"
 DESCRIPTION = "Train a torchvision classifier with DDP on Parquet splits made by data.convert."
@@ -62,7 +65,7 @@ class TrainConfig:
                                     "scaling rule")
     base_lr: float | None = setting(None, above=0, metavar="LR", doc="0.004 (adamw), 0.1 (sgd)",
                                     help="learning rate per 256 images of global batch, when --lr is not given")
-    optimizer: str = setting("adamw", choices=("sgd", "adamw"),
+    optimizer: str = setting("adamw", choices=tuple(BASE_LR),
                              help="AdamW; or SGD with Nesterov momentum (the large-batch ResNet recipe); no weight "
                                   "decay on biases and norm weights")
     momentum: float = setting(0.9, metavar="M", help="SGD momentum")
@@ -73,7 +76,7 @@ class TrainConfig:
     warmup_steps: int | None = setting(None, minimum=0, metavar="N", help="warm-up steps, exactly, instead of "
                                                                           "--warmup-epochs")
     label_smoothing: float = setting(0.0, minimum=0, below=1, metavar="S", help="cross-entropy label smoothing")
-    auto_augment: str = setting("none", choices=("none", "ta_wide", "ra", "augmix"),
+    auto_augment: str = setting("none", choices=AUTO_AUGMENT,
                                 help="per-image policy after the crop and flip: TrivialAugmentWide, RandAugment, "
                                      "AugMix")
     random_erase: float = setting(0.0, minimum=0, maximum=1, metavar="P",
@@ -106,7 +109,7 @@ class TrainConfig:
                                          help="register the run's MLflow model (artifact `model`) as a new "
                                               "version of NAME in the MLflow Model Registry")
     log_every: int = setting(10, minimum=1, metavar="N", help="steps between MLflow train metrics")
-    decode: str = setting("cpu", choices=("cpu", "gpu"),
+    decode: str = setting("cpu", choices=DECODE_MODES,
                           help="decode JPEGs in the loader workers (cpu) or batched on the GPU (gpu)")
     precision: str = setting("auto", choices=PRECISIONS,
                              help="auto: bf16 autocast on GPUs that have it, fp16 with loss scaling on older ones "
