@@ -52,6 +52,7 @@ class Spec:
     repeat: bool = False          # a list of values: ``--name A B --name C`` gives [A, B, C]
     positional: bool = False      # given without an option name (with repeat: one or more values)
     doc: str | None = None        # the default as the docs state it, where the value does not say it
+    trajectory: bool = False      # changing it on resume gives a valid run, but not the uninterrupted one
 
 
 def setting(default: Any = MISSING, *, help: str, factory: Callable[[], Any] | None = None, **spec: Any) -> Any:
@@ -94,6 +95,11 @@ def declared(cls: type) -> list[Declared]:
     hints = typing.get_type_hints(cls)
     return [Declared(f, f.metadata[_KEY], _base_type(hints[f.name])) for f in dataclasses.fields(cls)
             if _KEY in f.metadata]
+
+
+def trajectory_settings(cls: type) -> tuple[str, ...]:
+    """The names of ``cls``'s settings declared with ``trajectory=True``."""
+    return tuple(s.name for s in declared(cls) if s.spec.trajectory)
 
 
 def _base_type(hint: Any) -> type:

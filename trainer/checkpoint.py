@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from data.settings import trajectory_settings
 from data.errors import UserError
 
 FORMAT_VERSION = 1
@@ -47,15 +48,6 @@ EMA_UPDATES = "ema_updates"
 GLOBAL_BATCH = "global_batch"      # images per optimizer step, all ranks
 STREAMS = "streams"                # canonical train streams (data.loader): with GLOBAL_BATCH, the sample order
 MICRO_BATCH = "micro_batch"        # images per forward pass on a rank (BatchNorm statistics, MixUp pairs)
-
-# Settings that shape the data order or the arithmetic: changing one on resume gives a
-# valid run, but not the one an uninterrupted run would have been. The batch settings
-# count through what they make (ORDER); the world size and loader workers do not count.
-TRAJECTORY_SETTINGS = ("seed", "epochs", "steps_per_epoch", "image_size", "lr", "base_lr",
-                       "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_steps", "label_smoothing",
-                       "grad_clip", "precision", "decode", "weights", "weights_path", "backbone_lr_factor",
-                       "freeze_backbone_epochs", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
-                       "model_ema", "model_ema_decay", "compile")
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"  # the last.pt before the current one
@@ -233,8 +225,12 @@ ORDER = {GLOBAL_BATCH: "global batch", STREAMS: "streams", MICRO_BATCH: "micro-b
 def changed_settings(state: dict[str, Any], config: dict[str, Any], order: dict[str, int]) -> list[str]:
     """What differs from the checkpoint's run, as text: trajectory settings, and the global
     batch, streams and micro-batch (``order``, keyed by :data:`ORDER`)."""
+    from trainer.config import TrainConfig
+
+    # Settings declared trajectory=True shape the data order or the arithmetic; the batch
+    # settings count through what they make (ORDER); the world size and loader workers do not.
     old = state.get(CONFIG) or {}
-    changed = [f"--{k.replace('_', '-')} {old[k]} -> {config[k]}" for k in TRAJECTORY_SETTINGS
+    changed = [f"--{k.replace('_', '-')} {old[k]} -> {config[k]}" for k in trajectory_settings(TrainConfig)
                if k in old and k in config and old[k] != config[k]]
     if STREAMS not in state:
         return changed + ["the sample order (the checkpoint records no stream count)"]

@@ -29,21 +29,22 @@ class TrainConfig:
     model: str = setting("resnet50", metavar="NAME",
                          help="any torchvision classification model (resnet18, efficientnet_b0, convnext_tiny, "
                               "vit_b_16, ...)")
-    weights: str | None = setting(None, metavar="NAME",
+    weights: str | None = setting(None, trajectory=True, metavar="NAME",
                                   help="start from torchvision weights: a name such as IMAGENET1K_V2 or DEFAULT, "
                                        "downloaded into the torch cache (TORCH_HOME/hub/checkpoints) when missing, "
                                        "once per machine; the head is fresh")
-    weights_path: str | None = setting(None, metavar="FILE",
+    weights_path: str | None = setting(None, trajectory=True, metavar="FILE",
                                        help="start from a state_dict file; the head is fresh if its size differs")
-    backbone_lr_factor: float = setting(1.0, above=0, maximum=1, metavar="F",
+    backbone_lr_factor: float = setting(1.0, trajectory=True, above=0, maximum=1, metavar="F",
                                         help="with --weights/--weights-path: the pretrained layers train at F x "
                                              "the LR, the fresh head at the LR (fine-tuning: 0.1)")
-    freeze_backbone_epochs: int = setting(0, minimum=0, metavar="N",
+    freeze_backbone_epochs: int = setting(0, trajectory=True, minimum=0, metavar="N",
                                           help="with --weights/--weights-path: train only the fresh head for the "
                                                "first N epochs (BatchNorm statistics still adapt)")
-    image_size: int = setting(224, minimum=1, metavar="N", help="training crop / eval crop size")
-    epochs: int = setting(10, minimum=1, metavar="N", help="epochs of --steps-per-epoch steps")
-    steps_per_epoch: int | None = setting(None, minimum=1, metavar="N", doc="train rows // global batch",
+    image_size: int = setting(224, trajectory=True, minimum=1, metavar="N", help="training crop / eval crop size")
+    epochs: int = setting(10, trajectory=True, minimum=1, metavar="N", help="epochs of --steps-per-epoch steps")
+    steps_per_epoch: int | None = setting(None, trajectory=True, minimum=1, metavar="N",
+                                          doc="train rows // global batch",
                                           help="optimizer steps per epoch, identical on every rank")
     batch_size: int = setting(64, minimum=1, metavar="N",
                               help="per rank and micro-batch; the global batch is this x --grad-accum x ranks")
@@ -59,41 +60,47 @@ class TrainConfig:
                                   help="canonical train streams: the global sample order depends on these and the "
                                        "global batch, not on the world size; a run resumes exactly on any world "
                                        "size that divides C")
-    lr: float | None = setting(None, above=0, metavar="LR",
+    lr: float | None = setting(None, trajectory=True, above=0, metavar="LR",
                                doc="--base-lr x sqrt(global batch / 256) (adamw), x global batch / 256 (sgd)",
                                help="peak learning rate (after warm-up), exactly; default: the optimizer's batch "
                                     "scaling rule")
-    base_lr: float | None = setting(None, above=0, metavar="LR", doc="0.004 (adamw), 0.1 (sgd)",
+    base_lr: float | None = setting(None, trajectory=True, above=0, metavar="LR", doc="0.004 (adamw), 0.1 (sgd)",
                                     help="learning rate per 256 images of global batch, when --lr is not given")
-    optimizer: str = setting("adamw", choices=tuple(BASE_LR),
+    optimizer: str = setting("adamw", trajectory=True, choices=tuple(BASE_LR),
                              help="AdamW; or SGD with Nesterov momentum (the large-batch ResNet recipe); no weight "
                                   "decay on biases and norm weights")
-    momentum: float = setting(0.9, metavar="M", help="SGD momentum")
-    weight_decay: float = setting(1e-4, metavar="W", help="weight decay (not on biases and norm weights)")
-    warmup_epochs: float = setting(1.0, minimum=0, metavar="E",
+    momentum: float = setting(0.9, trajectory=True, metavar="M", help="SGD momentum")
+    weight_decay: float = setting(1e-4, trajectory=True, metavar="W",
+                                  help="weight decay (not on biases and norm weights)")
+    warmup_epochs: float = setting(1.0, trajectory=True, minimum=0, metavar="E",
                                    help="linear warm-up over the first E epochs (at most half the run), then "
                                         "cosine decay to 0 at the last step; the LR changes every step")
-    warmup_steps: int | None = setting(None, minimum=0, metavar="N", help="warm-up steps, exactly, instead of "
+    warmup_steps: int | None = setting(None, trajectory=True, minimum=0, metavar="N",
+                                       help="warm-up steps, exactly, instead of "
                                                                           "--warmup-epochs")
-    label_smoothing: float = setting(0.0, minimum=0, below=1, metavar="S", help="cross-entropy label smoothing")
-    auto_augment: str = setting("none", choices=AUTO_AUGMENT,
+    label_smoothing: float = setting(0.0, trajectory=True, minimum=0, below=1, metavar="S",
+                                     help="cross-entropy label smoothing")
+    auto_augment: str = setting("none", trajectory=True, choices=AUTO_AUGMENT,
                                 help="per-image policy after the crop and flip: TrivialAugmentWide, RandAugment, "
                                      "AugMix")
-    random_erase: float = setting(0.0, minimum=0, maximum=1, metavar="P",
+    random_erase: float = setting(0.0, trajectory=True, minimum=0, maximum=1, metavar="P",
                                   help="erase a random rectangle (to the mean colour) with probability P")
-    mixup_alpha: float = setting(0.0, minimum=0, metavar="A", help="MixUp with Beta(A, A) mixing weights (0: off)")
-    cutmix_alpha: float = setting(0.0, minimum=0, metavar="A",
+    mixup_alpha: float = setting(0.0, trajectory=True, minimum=0, metavar="A",
+                                 help="MixUp with Beta(A, A) mixing weights (0: off)")
+    cutmix_alpha: float = setting(0.0, trajectory=True, minimum=0, metavar="A",
                                   help="CutMix with Beta(A, A) (0: off); with --mixup-alpha, one of the two per "
                                        "batch")
-    model_ema: bool = setting(False, help="keep an exponential moving average of the weights; validation, best.pt, "
+    model_ema: bool = setting(False, trajectory=True,
+                              help="keep an exponential moving average of the weights; validation, best.pt, "
                                           "evaluate and predict use it")
-    model_ema_decay: float = setting(0.999, minimum=0, below=1, metavar="D",
+    model_ema_decay: float = setting(0.999, trajectory=True, minimum=0, below=1, metavar="D",
                                      help="EMA decay per step, ramped up as min(D, (1+n)/(10+n)) over the first "
                                           "n steps")
-    grad_clip: float | None = setting(None, metavar="NORM", help="clip the global gradient norm to this")
+    grad_clip: float | None = setting(None, trajectory=True, metavar="NORM",
+                                      help="clip the global gradient norm to this")
     workers: int = setting(2, minimum=0, metavar="N",
                            help="loader processes per rank (decode and augmentation run there)")
-    seed: int = setting(0, metavar="N", help="weights, data order and augmentation")
+    seed: int = setting(0, trajectory=True, metavar="N", help="weights, data order and augmentation")
     val_every: int | None = setting(None, minimum=1, metavar="N", doc="each epoch",
                                     help="validate every N steps instead of at each epoch's end")
     ckpt_every: int | None = setting(None, minimum=1, metavar="N", help="also write last.pt every N steps")
@@ -109,12 +116,13 @@ class TrainConfig:
                                          help="register the run's MLflow model (artifact `model`) as a new "
                                               "version of NAME in the MLflow Model Registry")
     log_every: int = setting(10, minimum=1, metavar="N", help="steps between MLflow train metrics")
-    decode: str = setting("cpu", choices=DECODE_MODES,
+    decode: str = setting("cpu", trajectory=True, choices=DECODE_MODES,
                           help="decode JPEGs in the loader workers (cpu) or batched on the GPU (gpu)")
-    precision: str = setting("auto", choices=PRECISIONS,
+    precision: str = setting("auto", trajectory=True, choices=PRECISIONS,
                              help="auto: bf16 autocast on GPUs that have it, fp16 with loss scaling on older ones "
                                   "(T4, V100), fp32 on CPU; fp16 on CPU is refused")
-    compile: bool = setting(False, help="torch.compile the model (the first steps are slow while it compiles)")
+    compile: bool = setting(False, trajectory=True,
+                            help="torch.compile the model (the first steps are slow while it compiles)")
     progress: bool = setting(True, help="no tqdm bar (rank 0 is the only one that shows one anyway)")
     dist_timeout: float = setting(600.0, metavar="S",
                                   help="seconds a collective waits for a dead or stuck rank before failing "
