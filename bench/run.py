@@ -48,7 +48,7 @@ def _timed_convert(images: str, out: str, spark, max_side: int | None) -> tuple[
     manifest = convert(images, out, max_side=max_side, spark=spark, progress=False)
     seconds, cpu = time.perf_counter() - t0, bm.tree_cpu_seconds() - cpu0
     n = sum(s.rows for s in manifest.splits.values()) + manifest.rejected
-    return out, {"images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
+    return out, {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1),
                  "images_per_cpu_s": round(n / max(cpu, 1e-9), 1), "cpu_seconds": round(cpu, 1),
                  "stage_seconds": manifest.stats.get("stage_seconds", {})}
 
