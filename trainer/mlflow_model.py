@@ -86,6 +86,8 @@ def log_model(run_id: str, state: dict, registered_name: str | None = None) -> t
     """Log the weights of checkpoint dict ``state`` as the pyfunc model at ``model`` in run
     ``run_id`` (the tracking URI already set); register a new version of
     ``registered_name`` if given. Returns ``(model URI, registered version or None)``."""
+    # MLflow checks the input example by loading the model back: its download bar is noise here.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, WEIGHTS_FILE)
         torch.save(model_only(state), weights)
