@@ -19,6 +19,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -55,7 +56,8 @@ warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_schedu
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint."""
+    """Where training stands: the checkpoint's ``progress`` part holds :attr:`SAVED`; the
+    rest is this session's."""
     step: int = 0           # optimizer steps done
     epoch: int = 0          # epoch the next step belongs to
     step_in_epoch: int = 0  # steps of that epoch done
@@ -65,6 +67,15 @@ class Progress:
     images: int = 0         # images trained on by this process, this session
     busy_s: float = 0.0     # wall time of those steps
     wait_s: float = 0.0     # of which waiting for the loader
+
+    SAVED: ClassVar[tuple[str, ...]] = ("step", "epoch", "step_in_epoch", "best_top1", "skipped_steps")
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.SAVED}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.SAVED:
+            setattr(self, name, state[name])
 
 
 @dataclass(kw_only=True)
@@ -142,37 +153,34 @@ class TrainingRun:
         x = model_input(images, self.cfg.image_size, self.dist.device, channels_last=self.channels_last)
         return x, labels.to(self.dist.device, non_blocking=True)
 
+    @property
+    def identity(self) -> ckpt.RunIdentity:
+        """The checkpoint's ``run`` part: what this run is made for and what orders its samples."""
+        return ckpt.RunIdentity(
+            config=self.cfg.to_dict(), classes=self.manifest.classes, data_fingerprint=self.manifest.fingerprint,
+            model_name=self.cfg.model, world_size=self.dist.world_size, global_batch=self.global_batch,
+            streams=self.streams, micro_batch=self.micro_batch, mlflow_run_id=self.tracker.run_id)
+
+    def parts(self) -> dict:
+        """The checkpoint's parts that :meth:`load_state` restores, by name, each with
+        ``state_dict()`` and ``load_state_dict()``."""
+        return {ckpt.MODEL: self.model_without_ddp, ckpt.OPTIMIZER: self.optimizer, ckpt.SCHEDULER: self.scheduler,
+                ckpt.SCALER: self.scaler, **({ckpt.EMA: self.ema} if self.ema is not None else {}),
+                ckpt.PROGRESS: self.progress, ckpt.RNG: ckpt.RngState()}
+
     def state(self) -> dict:
-        """What a checkpoint holds (keys: :mod:`trainer.checkpoint`'s constants): enough to
-        continue as if never stopped, and to refuse another data set or model."""
-        progress, c = self.progress, ckpt
-        return {
-            c.MODEL: self.model_without_ddp.state_dict(), c.OPTIMIZER: self.optimizer.state_dict(),
-            c.SCHEDULER: self.scheduler.state_dict(), c.SCALER: self.scaler.state_dict(),
-            c.STEP: progress.step, c.EPOCH: progress.epoch, c.STEP_IN_EPOCH: progress.step_in_epoch,
-            c.BEST_TOP1: progress.best_top1, c.SKIPPED_STEPS: progress.skipped_steps,
-            c.CONFIG: self.cfg.to_dict(), c.RNG: c.rng_state(), c.MLFLOW_RUN_ID: self.tracker.run_id,
-            c.CLASSES: self.manifest.classes, c.DATA_FINGERPRINT: self.manifest.fingerprint,
-            c.MODEL_NAME: self.cfg.model, c.WORLD_SIZE: self.dist.world_size,
-            c.GLOBAL_BATCH: self.global_batch, c.STREAMS: self.streams, c.MICRO_BATCH: self.micro_batch,
-            **({c.EMA: self.ema.state_dict(), c.EMA_UPDATES: self.ema.updates} if self.ema is not None else {}),
-        }
+        """What a checkpoint holds (the layout: :mod:`trainer.checkpoint`): enough to continue
+        as if never stopped, and to refuse another data set or model."""
+        return {**{name: part.state_dict() for name, part in self.parts().items()},
+                ckpt.RUN: self.identity.state_dict()}
 
     def load_state(self, state: dict) -> None:
-        """Continue from a checkpoint that :meth:`state` wrote: weights, optimizer, LR schedule,
-        scaler, RNG and the position in training. (Its MLflow run id is read by :func:`setup`,
-        which opens the tracker on that run.)"""
-        self.model_without_ddp.load_state_dict(state[ckpt.MODEL])
-        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
-        self.scheduler.load_state_dict(state[ckpt.SCHEDULER])
-        self.scaler.load_state_dict(state[ckpt.SCALER])
-        if self.ema is not None:
-            if ckpt.EMA not in state:
-                raise UserError("--model-ema: the checkpoint has no EMA weights (its run had no --model-ema)")
-            self.ema.load_state_dict(state[ckpt.EMA], state[ckpt.EMA_UPDATES])
-        ckpt.set_rng_state(state[ckpt.RNG])
-        self.progress = Progress(step=state[ckpt.STEP], epoch=state[ckpt.EPOCH], step_in_epoch=state[ckpt.STEP_IN_EPOCH],
-                                 best_top1=state[ckpt.BEST_TOP1], skipped_steps=state.get(ckpt.SKIPPED_STEPS, 0))
+        """Continue from a checkpoint that :meth:`state` wrote: every part but ``run``, which
+        :func:`setup` reads before the run is built (the batches, streams and MLflow run)."""
+        if self.ema is not None and ckpt.EMA not in state:
+            raise UserError("--model-ema: the checkpoint has no EMA weights (its run had no --model-ema)")
+        for name, part in self.parts().items():
+            part.load_state_dict(state[name])
 
     def save(self, name: str) -> str | None:
         if not self.dist.is_main:
@@ -337,13 +345,14 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     resume_path, resumed, fallback = ckpt.load_resume(cfg.out, cfg.resume)
     if fallback:
         print0(f"warning: {fallback}")
-    if resumed is not None:
-        ckpt.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
-                            model_name=cfg.model, path=resume_path)
-    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, resumed and resumed.get(ckpt.MICRO_BATCH))
+    saved = ckpt.run_identity(resumed) if resumed is not None else None
+    if saved is not None:
+        saved.check_compatible(resume_path, fingerprint=manifest.fingerprint, classes=manifest.classes,
+                               model_name=cfg.model)
+    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, saved and saved.micro_batch)
     steps_per_epoch = train_steps_per_epoch(train, global_batch // dist.world_size, dist.world_size,
                                             cfg.steps_per_epoch)
-    streams = train_streams(cfg, resumed, global_batch, dist.world_size)
+    streams = train_streams(cfg, saved, global_batch, dist.world_size)
 
     autocast_dtype = precision_dtype(cfg.precision, dist.device)
     if cfg.weights:
@@ -367,17 +376,16 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
         scheduler=warmup_cosine(optimizer, warmup_steps, total_steps),
         scaler=make_scaler(dist.device, autocast_dtype),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ckpt.MLFLOW_RUN_ID] if resumed else None),
+        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, saved and saved.mlflow_run_id),
         beacon=beacon, watchdog=watchdog, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
     if resumed is not None:
         run.load_state(resumed)
-        changed = ckpt.changed_settings(resumed, cfg.to_dict(), {ckpt.GLOBAL_BATCH: global_batch, ckpt.STREAMS: streams,
-                                                               ckpt.MICRO_BATCH: micro_batch})
+        changed = saved.changed_settings(run.identity)
         if changed:
             print0(f"note: resuming with {', '.join(changed)}: training goes on, but not exactly as it "
                    "would have without the interruption")
-        elif resumed.get(ckpt.WORLD_SIZE) != dist.world_size:
-            print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ckpt.WORLD_SIZE)}): the same global "
+        elif saved.world_size != dist.world_size:
+            print0(f"resuming on {dist.world_size} rank(s) (was {saved.world_size}): the same global "
                    f"batches (micro-batch {micro_batch}, {grad_accum} accumulated per rank); gradients are summed "
                    "in another order, so the weights follow the uninterrupted run up to float rounding, not bit "
                    "for bit")
@@ -386,12 +394,12 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     return run
 
 
-def train_streams(cfg: TrainConfig, resumed: dict | None, global_batch: int, world_size: int) -> int:
-    """``--streams``; else the checkpoint's when it fits this world size and global batch
-    (so the run goes on in the same order); else :func:`data.order.default_streams`."""
-    if cfg.streams is None and resumed is not None and resumed.get(ckpt.GLOBAL_BATCH) == global_batch \
-            and resumed[ckpt.STREAMS] % world_size == 0:
-        return resumed[ckpt.STREAMS]
+def train_streams(cfg: TrainConfig, saved: ckpt.RunIdentity | None, global_batch: int, world_size: int) -> int:
+    """``--streams``; else the checkpoint's (``saved``) when it fits this world size and global
+    batch (so the run goes on in the same order); else :func:`data.order.default_streams`."""
+    if cfg.streams is None and saved is not None and saved.global_batch == global_batch \
+            and saved.streams % world_size == 0:
+        return saved.streams
     streams = cfg.streams or default_streams(global_batch, world_size, cfg.workers)
     check_streams(streams, global_batch, world_size)
     return streams
