@@ -75,7 +75,7 @@ def make_full_shuffle_loader(parquet: ParquetSplit, *, batch_size: int, image_si
 def main(argv: list[str] | None = None):
     import trainer.train
 
-    trainer.train.make_train_loader = make_full_shuffle_loader  # the only change: Job.loader calls this name
+    trainer.train.make_train_loader = make_full_shuffle_loader  # the only change: TrainingRun.loader calls this name
     return trainer.train.main(argv)
 
 

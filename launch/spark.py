@@ -205,7 +205,7 @@ def resume_hint(run_dir: str | None) -> str:
         path = None
     if path is None:
         return f"no checkpoint in {ckpt.checkpoint_dir(run_dir)} yet: rerun the same command"
-    return f"rerun the same command with --resume auto to continue from {path} (step {state[ckpt.STEP]})"
+    return f"rerun the same command with --resume auto to continue from {path} (step {state[ckpt.PROGRESS]['step']})"
 
 
 def _distribute(spark, num_processes: int, local_mode: bool, use_gpu: bool | None, fn: Callable, args: tuple,

@@ -127,4 +127,4 @@ def test_a_worker_lost_during_cluster_training_names_the_rank_and_the_checkpoint
     assert error[0].startswith("error: training stopped: Spark lost rank 1 ("), error[0]
     path, state, _ = ckpt.load_resume(out, "auto")
     assert error[0].endswith(f"rerun the same command with --resume auto to continue from {path} "
-                             f"(step {state[ckpt.STEP]})"), error[0]
+                             f"(step {state[ckpt.PROGRESS]['step']})"), error[0]

@@ -39,8 +39,8 @@ def test_public_names_import_from_the_package_roots_and_are_what_the_trainer_use
     assert trainer.train.evaluate is trainer.evaluate.evaluate  # one scoring loop, summing ClassificationSums
     assert trainer.train.make_device_prefetcher is data.make_device_prefetcher  # the trainer's decode-ahead
     assert trainer.train.evaluate.__module__ == ClassificationSums.__module__
-    assert trainer.train.ck.save_checkpoint is save_checkpoint
-    assert trainer.train.ck.find_latest_checkpoint is find_latest_checkpoint
+    assert trainer.train.ckpt.save_checkpoint is save_checkpoint
+    assert trainer.train.ckpt.find_latest_checkpoint is find_latest_checkpoint
     with pytest.raises(AttributeError):
         data.no_such_name  # noqa: B018
 

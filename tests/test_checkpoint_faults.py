@@ -38,8 +38,8 @@ def damage(path: str, how: str) -> None:
 
 def write(folder: str, step: int, name: str = ckpt.LAST) -> str:
     path = os.path.join(folder, name)
-    return ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.full((4,), float(step))}, ckpt.STEP: step}, path,
-                              os.path.join(folder, ckpt.PREVIOUS) if name == ckpt.LAST else None)
+    return ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.full((4,), float(step))}, ckpt.PROGRESS: {"step": step}},
+                                path, os.path.join(folder, ckpt.PREVIOUS) if name == ckpt.LAST else None)
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "other_file"])
@@ -49,14 +49,14 @@ def test_resume_auto_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, ho
     write(folder, 1, ckpt.BEST)
     for step in (2, 3):
         write(folder, step)  # last.pt 3, previous.pt 2
-    assert ckpt.load_checkpoint(os.path.join(folder, ckpt.PREVIOUS))[ckpt.STEP] == 2
+    assert ckpt.load_checkpoint(os.path.join(folder, ckpt.PREVIOUS))[ckpt.PROGRESS]["step"] == 2
     damage(os.path.join(folder, ckpt.LAST), how)
     path, state, note = ckpt.load_resume(run, "auto")
-    assert path == os.path.join(folder, ckpt.PREVIOUS) and state[ckpt.STEP] == 2
+    assert path == os.path.join(folder, ckpt.PREVIOUS) and state[ckpt.PROGRESS]["step"] == 2
     assert note.startswith(f"cannot read checkpoint {os.path.join(folder, ckpt.LAST)}") and "\n" not in note
     assert note.endswith(f"resuming from {path}, the newest checkpoint that loads")
     damage(path, how)
-    assert ckpt.load_resume(run, "auto")[1][ckpt.STEP] == 1  # then best.pt
+    assert ckpt.load_resume(run, "auto")[1][ckpt.PROGRESS]["step"] == 1  # then best.pt
     damage(os.path.join(folder, ckpt.BEST), how)
     with pytest.raises(UserError, match=f"no checkpoint in {folder} loads"):
         ckpt.load_resume(run, "auto")
@@ -123,7 +123,7 @@ def test_a_full_disk_while_checkpointing_ends_in_one_line_and_resume_finishes(on
                              "--resume auto")
         assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]  # the partial file is gone
         path, state, note = ckpt.load_resume(run, "auto")
-        assert path == os.path.join(folder, ckpt.LAST) and note is None and state[ckpt.STEP] >= 1
+        assert path == os.path.join(folder, ckpt.LAST) and note is None and state[ckpt.PROGRESS]["step"] >= 1
         resize_disk(folder, "64m")
         summary = train_main(["--data", one_group[0], "--out", run, *SMALL, "--resume", "auto"])
         assert summary["steps"] == 4 and same_weights(run, plain)

@@ -108,7 +108,7 @@ save_checkpoint({"model": {"w": torch.zeros(4)}, "later": Slow()}, sys.argv[1])
 
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path):
     last = str(tmp_path / "run" / "checkpoints" / ckpt.LAST)
-    ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.ones(4)}, ckpt.STEP: 7}, last)
+    ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.ones(4)}, ckpt.PROGRESS: {"step": 7}}, last)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_PICKLE, last], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     partial = glob.glob(os.path.join(os.path.dirname(last), ".last.pt.*.tmp"))
@@ -117,19 +117,20 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path):
     proc.wait()
     assert ckpt.find_resume(str(tmp_path / "run"), "auto") == last
     state = ckpt.load_checkpoint(last)
-    assert state[ckpt.STEP] == 7 and torch.equal(state[ckpt.MODEL]["w"], torch.ones(4))
-    ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.zeros(4)}, ckpt.STEP: 8}, last)  # the next write cleans up
+    assert state[ckpt.PROGRESS]["step"] == 7 and torch.equal(state[ckpt.MODEL]["w"], torch.ones(4))
+    # The next write cleans up.
+    ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.zeros(4)}, ckpt.PROGRESS: {"step": 8}}, last)
     assert not glob.glob(os.path.join(os.path.dirname(last), ".*.tmp"))
-    assert ckpt.load_checkpoint(last)[ckpt.STEP] == 8
+    assert ckpt.load_checkpoint(last)[ckpt.PROGRESS]["step"] == 8
 
 
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
     with tiny_disk(str(tmp_path / "disk"), "1m") as disk:
         last = os.path.join(disk, "checkpoints", ckpt.LAST)
-        ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.ones(10)}, ckpt.STEP: 1}, last)
+        ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.ones(10)}, ckpt.PROGRESS: {"step": 1}}, last)
         with pytest.raises(UserError, match="cannot write checkpoint .*No space left on device.*unchanged"):
-            ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.zeros(1_000_000)}, ckpt.STEP: 2}, last)
-        assert ckpt.load_checkpoint(last)[ckpt.STEP] == 1
+            ckpt.save_checkpoint({ckpt.MODEL: {"w": torch.zeros(1_000_000)}, ckpt.PROGRESS: {"step": 2}}, last)
+        assert ckpt.load_checkpoint(last)[ckpt.PROGRESS]["step"] == 1
         assert os.listdir(os.path.dirname(last)) == [ckpt.LAST]
 
 
@@ -193,8 +194,9 @@ def test_split_fractions_and_foreign_checkpoint_are_user_errors(seven_groups, on
     with pytest.raises(UserError, match="sum"):
         convert(os.path.join(os.path.dirname(seven_groups[0]), "images"), str(tmp_path / "x"), split="0.5,0.2,0.2")
     foreign = str(tmp_path / "foreign" / "checkpoints" / ckpt.LAST)
-    ckpt.save_checkpoint({ckpt.MODEL: {}, ckpt.MODEL_NAME: "resnet18", ckpt.CLASSES: one_group[1].classes,
-                        ckpt.DATA_FINGERPRINT: one_group[1].fingerprint}, foreign)
+    made_for = ckpt.RunIdentity(model_name="resnet18", classes=one_group[1].classes,
+                                data_fingerprint=one_group[1].fingerprint)
+    ckpt.save_checkpoint({ckpt.MODEL: {}, ckpt.RUN: made_for.state_dict()}, foreign)
     with pytest.raises(UserError, match="made for another data set"):
         train_main(["--data", seven_groups[0], "--out", str(tmp_path / "run"), *TINY, "--resume", foreign])
 

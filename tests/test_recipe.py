@@ -87,17 +87,20 @@ def test_scaler_augmentations_ema_and_mixing_resume_exactly(seven_groups, tmp_pa
     a = ckpt.load_checkpoint(os.path.join(whole_out, "checkpoints", ckpt.LAST))
     b = ckpt.load_checkpoint(os.path.join(stopped_out, "checkpoints", ckpt.LAST))
     assert a[ckpt.SCALER] == b[ckpt.SCALER] and a[ckpt.SCALER]["scale"] < 3e38
-    assert a[ckpt.SKIPPED_STEPS] == b[ckpt.SKIPPED_STEPS] == whole["skipped_steps"] == resumed["skipped_steps"]
-    for key in (ckpt.MODEL, ckpt.EMA):
-        for name, tensor in a[key].items():
-            assert torch.equal(b[key][name], tensor), (key, name)
+    assert a[ckpt.PROGRESS]["skipped_steps"] == b[ckpt.PROGRESS]["skipped_steps"] == whole["skipped_steps"] == \
+        resumed["skipped_steps"]
+    assert a[ckpt.EMA]["updates"] == b[ckpt.EMA]["updates"] == a[ckpt.PROGRESS]["step"]
+    for key, weights in ((ckpt.MODEL, lambda s: s[ckpt.MODEL]), (ckpt.EMA, lambda s: s[ckpt.EMA]["weights"])):
+        for name, tensor in weights(a).items():
+            assert torch.equal(weights(b)[name], tensor), (key, name)
     averaged = [k for k, v in a[ckpt.MODEL].items() if v.is_floating_point() and v.numel() > 1]
-    assert not any(torch.equal(a[ckpt.EMA][k], a[ckpt.MODEL][k]) for k in averaged)  # an average, not a copy
+    ema = a[ckpt.EMA]["weights"]
+    assert not any(torch.equal(ema[k], a[ckpt.MODEL][k]) for k in averaged)  # an average, not a copy
     for key in ("val_loss", "val_top1", "best_val_top1"):
         assert whole[key] == resumed[key], key
     # Validation scored the EMA weights: they are what evaluate and predict load.
     model = model_from_checkpoint(a)
-    assert all(torch.equal(v, a[ckpt.EMA][k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     params = mlflow_params(whole)
     assert (params["auto_augment"], params["mixup_alpha"], params["model_ema"]) == ("ta_wide", "0.2", "True")
 

@@ -118,13 +118,14 @@ def test_evaluate_refuses_a_data_set_with_other_classes(reference, seven_groups,
 def test_checkpoint_round_trip(reference, seven_groups, tmp_path):
     out, summary = reference
     state = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
-    for key in (ckpt.MODEL, ckpt.OPTIMIZER, ckpt.SCHEDULER, ckpt.SCALER, ckpt.CONFIG, ckpt.RNG, ckpt.MLFLOW_RUN_ID):
-        assert key in state
-    assert (state[ckpt.STEP], state[ckpt.EPOCH], state[ckpt.STEP_IN_EPOCH]) == (TOTAL_STEPS, EPOCHS, 0)
-    assert state[ckpt.CLASSES] == seven_groups[1].classes and state[ckpt.DATA_FINGERPRINT] == seven_groups[1].fingerprint
-    assert state[ckpt.MLFLOW_RUN_ID] == summary["mlflow_run_id"]
+    assert set(state) == {ckpt.FORMAT, ckpt.MODEL, ckpt.OPTIMIZER, ckpt.SCHEDULER, ckpt.SCALER, ckpt.PROGRESS,
+                          ckpt.RUN, ckpt.RNG}  # no ema part without --model-ema
+    progress, run_part = state[ckpt.PROGRESS], ckpt.run_identity(state)
+    assert (progress["step"], progress["epoch"], progress["step_in_epoch"]) == (TOTAL_STEPS, EPOCHS, 0)
+    assert run_part.classes == seven_groups[1].classes and run_part.data_fingerprint == seven_groups[1].fingerprint
+    assert run_part.mlflow_run_id == summary["mlflow_run_id"] and run_part.world_size == 2
     assert not any(k.startswith("module.") for k in state[ckpt.MODEL])
-    assert TrainConfig.from_dict(state[ckpt.CONFIG]).model == "resnet18"
+    assert TrainConfig.from_dict(run_part.config).model == run_part.model_name == "resnet18"
     model = model_from_checkpoint(state)
     assert all(torch.equal(v, state[ckpt.MODEL][k]) for k, v in model.state_dict().items())
 
@@ -135,7 +136,7 @@ def test_checkpoint_round_trip(reference, seven_groups, tmp_path):
     assert again[ckpt.OPTIMIZER]["param_groups"] == state[ckpt.OPTIMIZER]["param_groups"]
     assert again[ckpt.SCHEDULER] == state[ckpt.SCHEDULER]
     best = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.BEST))
-    assert best[ckpt.BEST_TOP1] == summary["best_val_top1"]
+    assert best[ckpt.PROGRESS]["best_top1"] == summary["best_val_top1"]
 
 
 def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, seven_groups, tmp_path):
@@ -145,7 +146,8 @@ def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(reference, s
     first = train(seven_groups[0], out, *REFERENCE, "--stop-after-steps", "8")
     assert first["steps"] == 8 and first["rank_steps"] == [8, 8]
     stopped = ckpt.load_checkpoint(os.path.join(out, "checkpoints", ckpt.LAST))
-    assert (stopped[ckpt.STEP], stopped[ckpt.EPOCH], stopped[ckpt.STEP_IN_EPOCH]) == (8, 1, 3)
+    progress = stopped[ckpt.PROGRESS]
+    assert (progress["step"], progress["epoch"], progress["step_in_epoch"]) == (8, 1, 3)
     # ... then continue: an odd number of batches to skip with 2 loader workers per rank.
     second_run = ok(run("trainer.train", "--data", seven_groups[0], "--out", out, *REFERENCE, "--resume", "auto",
                         nproc=2))
@@ -238,15 +240,3 @@ def test_predict_names_the_class_of_jpeg_and_png_files(reference, seven_groups, 
     assert printed[0] == images[0] and len(printed) == 3 * 3 and printed[1].split()[0] == classes[0]
     line = one_error_line(run("trainer.predict", "--checkpoint", best, images[0], str(tmp_path / "nope.jpg")))
     assert "image not found" in line and "nope.jpg" in line
-
-
-def test_resume_notes_settings_that_change_the_trajectory():
-    order = {ckpt.GLOBAL_BATCH: 16, ckpt.STREAMS: 4, ckpt.MICRO_BATCH: 8}
-    state = {ckpt.CONFIG: {"seed": 1, "workers": 2, "val_every": None}, ckpt.WORLD_SIZE: 2, **order}
-    # Loader workers, the world size and bookkeeping settings do not change the trajectory ...
-    assert ckpt.changed_settings(state, {"seed": 1, "workers": 1, "val_every": 5}, order) == []
-    # ... the seed, the global batch, the streams and the micro-batch do.
-    assert ckpt.changed_settings(state, {"seed": 2, "workers": 2}, {**order, ckpt.GLOBAL_BATCH: 32, ckpt.STREAMS: 8}) == [
-        "--seed 1 -> 2", "global batch 16 -> 32", "streams 4 -> 8"]
-    assert ckpt.changed_settings({ckpt.CONFIG: {"seed": 1}}, {"seed": 1}, order) == [
-        "the sample order (the checkpoint records no stream count)"]

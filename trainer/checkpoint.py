@@ -1,7 +1,16 @@
 """Checkpoints: everything needed to continue as if never stopped, written atomically.
 
-A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``) whose keys
-are the constants below. Weights are the unwrapped model's (no ``module.`` prefix).
+A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``) of a few
+parts, each the ``state_dict()`` of the object that owns it and restored by that object's
+``load_state_dict()``::
+
+    {"format": 2, "model": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "ema": ... (only with --model-ema), "progress": ..., "run": ..., "rng": ...}
+
+``progress`` is ``trainer.train.Progress`` (step, epoch, position in it, best top-1,
+skipped steps), ``run`` a :class:`RunIdentity` (what the run was made for and how its
+samples were ordered), ``ema`` a ``trainer.ema.ModelEma`` (weights and update count),
+``rng`` :class:`RngState`. Weights are the unwrapped model's (no ``module.`` prefix).
 Writes go to a temp file in the same folder, are fsynced, then renamed over the target,
 so a crash mid-write leaves the previous file intact and never a partial ``last.pt``.
 
@@ -18,40 +27,34 @@ import errno
 import glob
 import os
 import tempfile
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from data.settings import trajectory_settings
 from data.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the layout of parts above; a file of another format is refused in one line
 FORMAT = "format"
+# The parts, by name.
 MODEL = "model"
 OPTIMIZER = "optimizer"
 SCHEDULER = "scheduler"
 SCALER = "scaler"
-STEP = "step"                    # optimizer steps done in total
-EPOCH = "epoch"                  # epoch the next step belongs to
-STEP_IN_EPOCH = "step_in_epoch"  # steps of that epoch already done
-BEST_TOP1 = "best_val_top1"
-CONFIG = "config"
+EMA = "ema"
+PROGRESS = "progress"
+RUN = "run"
 RNG = "rng"
-MLFLOW_RUN_ID = "mlflow_run_id"
-CLASSES = "classes"
-DATA_FINGERPRINT = "data_fingerprint"
-MODEL_NAME = "model_name"
-WORLD_SIZE = "world_size"          # ranks that trained it
-SKIPPED_STEPS = "skipped_steps"    # steps the fp16 loss scaler skipped
-EMA = "ema"                        # --model-ema: the averaged weights (what validation scored)
-EMA_UPDATES = "ema_updates"
-GLOBAL_BATCH = "global_batch"      # images per optimizer step, all ranks
-STREAMS = "streams"                # canonical train streams (data.loader): with GLOBAL_BATCH, the sample order
-MICRO_BATCH = "micro_batch"        # images per forward pass on a rank (BatchNorm statistics, MixUp pairs)
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"  # the last.pt before the current one
 BEST = "best.pt"
+
+
+class OtherFormat(UserError):
+    """A checkpoint of this trainer in another format: an older one is not half loaded,
+    and ``--resume auto`` does not fall back past it (every file of its run has that format)."""
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -158,8 +161,12 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read checkpoint {path} ({os.path.getsize(path)} bytes; truncated, corrupted "
                         f"or not a checkpoint): {reason}") from None
-    if not isinstance(state, dict) or state.get(FORMAT) != FORMAT_VERSION or MODEL not in state:
+    if not isinstance(state, dict) or MODEL not in state or not isinstance(state.get(FORMAT), int):
         raise UserError(f"{path} is not a checkpoint written by this trainer")
+    if state[FORMAT] != FORMAT_VERSION:
+        age = "an older" if state[FORMAT] < FORMAT_VERSION else "a newer"
+        raise OtherFormat(f"{path} is from {age} version of the trainer (checkpoint format {state[FORMAT]}, this "
+                          f"version reads {FORMAT_VERSION}): retrain, or load it with the version that wrote it")
     return state
 
 
@@ -197,6 +204,8 @@ def load_resume(run_dir: str, resume: str | None) -> tuple[str | None, dict[str,
     for candidate in candidates:
         try:
             state = load_checkpoint(candidate)
+        except OtherFormat:
+            raise
         except UserError as exc:
             skipped.append(str(exc))
             continue
@@ -208,43 +217,70 @@ def load_resume(run_dir: str, resume: str | None) -> tuple[str | None, dict[str,
     return None, None, None
 
 
-def check_compatible(state: dict[str, Any], *, fingerprint: str, classes: list[str], model_name: str,
-                     path: str) -> None:
-    """Refuse a checkpoint made for another data set or model, in one line."""
-    if state.get(MODEL_NAME) != model_name:
-        raise UserError(f"{path} was trained with model {state.get(MODEL_NAME)!r}, not {model_name!r}")
-    if state.get(CLASSES) != classes or state.get(DATA_FINGERPRINT) != fingerprint:
-        raise UserError(f"{path} was made for another data set (fingerprint {state.get(DATA_FINGERPRINT)}, "
-                        f"{len(state.get(CLASSES) or [])} classes; this one is {fingerprint}, {len(classes)} "
-                        "classes): use a new --out or the matching --data")
+@dataclass
+class RunIdentity:
+    """The ``run`` part: what a run was made for (data set, classes, model, config) and what
+    orders its samples (global batch, streams, micro-batch); a model-only checkpoint
+    (``trainer.classify.model_only``) fills the model name, classes and image size only."""
+    config: dict = field(default_factory=dict)   # TrainConfig.to_dict()
+    classes: list = field(default_factory=list)
+    data_fingerprint: str | None = None
+    model_name: str | None = None
+    world_size: int | None = None      # ranks that trained it
+    global_batch: int | None = None    # images per optimizer step, all ranks
+    streams: int | None = None         # canonical train streams (data.loader): with global_batch, the sample order
+    micro_batch: int | None = None     # images per forward pass on a rank (BatchNorm statistics, MixUp pairs)
+    mlflow_run_id: str | None = None
+
+    # The fields that, with the trajectory settings, fix the run's sample order and arithmetic.
+    ORDER: ClassVar[dict[str, str]] = {"global_batch": "global batch", "streams": "streams", "micro_batch": "micro-batch"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "RunIdentity":
+        return cls(**state)
+
+    def check_compatible(self, path: str, *, fingerprint: str, classes: list[str], model_name: str) -> None:
+        """Refuse a checkpoint made for another data set or model, in one line."""
+        if self.model_name != model_name:
+            raise UserError(f"{path} was trained with model {self.model_name!r}, not {model_name!r}")
+        if self.classes != classes or self.data_fingerprint != fingerprint:
+            raise UserError(f"{path} was made for another data set (fingerprint {self.data_fingerprint}, "
+                            f"{len(self.classes or [])} classes; this one is {fingerprint}, {len(classes)} "
+                            "classes): use a new --out or the matching --data")
+
+    def changed_settings(self, now: "RunIdentity") -> list[str]:
+        """What differs in ``now`` from this (the checkpoint's) run, as text: trajectory
+        settings, and the global batch, streams and micro-batch (:attr:`ORDER`)."""
+        from trainer.config import TrainConfig
+
+        # Settings declared trajectory=True shape the data order or the arithmetic; the batch
+        # settings count through what they make (ORDER); the world size and loader workers do not.
+        old, new = self.config, now.config
+        changed = [f"--{k.replace('_', '-')} {old[k]} -> {new[k]}" for k in trajectory_settings(TrainConfig)
+                   if k in old and k in new and old[k] != new[k]]
+        return changed + [f"{name} {getattr(self, key)} -> {getattr(now, key)}" for key, name in self.ORDER.items()
+                          if getattr(self, key) != getattr(now, key)]
 
 
-ORDER = {GLOBAL_BATCH: "global batch", STREAMS: "streams", MICRO_BATCH: "micro-batch"}
+def run_identity(state: dict[str, Any]) -> RunIdentity:
+    """The ``run`` part of a checkpoint dict (all unknown when the file has none: another
+    loop's checkpoint, which :meth:`RunIdentity.check_compatible` then refuses)."""
+    return RunIdentity.from_state_dict(state.get(RUN, {}))
 
 
-def changed_settings(state: dict[str, Any], config: dict[str, Any], order: dict[str, int]) -> list[str]:
-    """What differs from the checkpoint's run, as text: trajectory settings, and the global
-    batch, streams and micro-batch (``order``, keyed by :data:`ORDER`)."""
-    from trainer.config import TrainConfig
+class RngState:
+    """The ``rng`` part: the CPU generator's state, and the current CUDA device's when there is one."""
 
-    # Settings declared trajectory=True shape the data order or the arithmetic; the batch
-    # settings count through what they make (ORDER); the world size and loader workers do not.
-    old = state.get(CONFIG) or {}
-    changed = [f"--{k.replace('_', '-')} {old[k]} -> {config[k]}" for k in trajectory_settings(TrainConfig)
-               if k in old and k in config and old[k] != config[k]]
-    if STREAMS not in state:
-        return changed + ["the sample order (the checkpoint records no stream count)"]
-    return changed + [f"{name} {state[key]} -> {order[key]}" for key, name in ORDER.items() if state[key] != order[key]]
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
 
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])

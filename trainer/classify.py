@@ -39,8 +39,10 @@ def prepare_image(data: bytes, size: int) -> np.ndarray:
 def model_only(state: dict) -> dict:
     """The part of a checkpoint dict that scoring needs (weights, model name, classes,
     image size): a small file, loadable by :func:`trainer.checkpoint.load_checkpoint`."""
-    return {ckpt.FORMAT: ckpt.FORMAT_VERSION, ckpt.MODEL: state[ckpt.MODEL], ckpt.MODEL_NAME: state[ckpt.MODEL_NAME],
-            ckpt.CLASSES: list(state[ckpt.CLASSES]), ckpt.CONFIG: {"image_size": state[ckpt.CONFIG]["image_size"]}}
+    run = ckpt.run_identity(state)
+    scoring = ckpt.RunIdentity(model_name=run.model_name, classes=list(run.classes),
+                               config={"image_size": run.config["image_size"]})
+    return {ckpt.FORMAT: ckpt.FORMAT_VERSION, ckpt.MODEL: state[ckpt.MODEL], ckpt.RUN: scoring.state_dict()}
 
 
 def default_device() -> torch.device:
@@ -53,8 +55,9 @@ class Classifier:
     def __init__(self, state: dict, device: torch.device | None = None, image_size: int | None = None,
                  forward_batch: int = FORWARD_BATCH):
         self.forward_batch = forward_batch
-        self.classes = list(state[ckpt.CLASSES])
-        self.image_size = image_size or state[ckpt.CONFIG]["image_size"]
+        run = ckpt.run_identity(state)
+        self.classes = list(run.classes)
+        self.image_size = image_size or run.config["image_size"]
         self.device = device or default_device()
         self.model = model_from_checkpoint(state).to(self.device)
 

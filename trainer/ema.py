@@ -35,9 +35,11 @@ class ModelEma:
             if not v.is_floating_point():
                 v.copy_(own[k])
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
+    def state_dict(self) -> dict:
+        """The averaged weights (``weights``: what :func:`trainer.model.model_from_checkpoint`
+        loads) and the update count (``updates``: where the ramp stands)."""
+        return {"weights": self.module.state_dict(), "updates": self.updates}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
-        self.module.load_state_dict(state)
-        self.updates = updates
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["weights"])
+        self.updates = state["updates"]

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_classes(state: dict, manifest: Manifest, checkpoint: str, data: str) -> None:
     """Refuse, in one line, a data set whose classes (names or order) are not the checkpoint's."""
-    trained = list(state[ckpt.CLASSES])
+    trained = list(ckpt.run_identity(state).classes)
     if trained != manifest.classes:
         def show(names: list[str]) -> str:
             return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -85,7 +85,8 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
     if manifest.split(split).rows == 0:
         raise UserError(f"split {split!r} of {data} is empty")
     parquet = open_split(data, split, manifest)
-    trained = state[ckpt.CONFIG]
+    run = ckpt.run_identity(state)
+    trained = run.config
     batch_size = batch_size or trained["batch_size"]
     image_size = image_size or trained["image_size"]
     if batch_size < 1 or image_size < 1 or workers < 0:
@@ -101,7 +102,7 @@ def score(checkpoint: str, data: str, split: str, dist: DistInfo, *, batch_size:
         sums = evaluate(model, batches, dist.device, manifest.num_classes, prepare,
                         partial(autocast_context, dist.device, precision_dtype(precision, dist.device)))
     context = {"checkpoint": os.path.abspath(checkpoint), "data": data if "://" in data else os.path.abspath(data),
-               "split": split, "step": state[ckpt.STEP], "model": state[ckpt.MODEL_NAME], "image_size": image_size,
+               "split": split, "step": state[ckpt.PROGRESS]["step"], "model": run.model_name, "image_size": image_size,
                "world_size": dist.world_size, "classes": manifest.classes}
     return sums, context
 
@@ -133,7 +134,7 @@ def print_report(res: dict) -> None:
 def log_to_run(checkpoint: str, res: dict) -> None:
     """Add the results to the checkpoint's MLflow run: ``SPLIT_loss/top1/top5/count`` at the
     checkpoint's step, the confusion-matrix picture and the JSON under ``evaluation/``."""
-    tracker = checkpoint_run(checkpoint, ckpt.load_checkpoint(checkpoint).get(ckpt.MLFLOW_RUN_ID))
+    tracker = checkpoint_run(checkpoint, ckpt.run_identity(ckpt.load_checkpoint(checkpoint)).mlflow_run_id)
     split = res["split"]
     tracker.log_metrics({f"{split}_{k}": res[k] for k in ("loss", "top1", "top5", "count")}, res["step"])
     tracker.log_dict(res, f"evaluation/{split}.json")

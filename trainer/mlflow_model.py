@@ -94,7 +94,7 @@ def log_model(run_id: str, state: dict, registered_name: str | None = None) -> t
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_PATH, python_model=MODEL_CODE, artifacts={WEIGHTS: weights},
-                signature=signature(), input_example=input_example(state[ckpt.CONFIG]["image_size"]),
+                signature=signature(), input_example=input_example(ckpt.run_identity(state).config["image_size"]),
                 pip_requirements=requirements(), registered_model_name=registered_name)
     version = getattr(info, "registered_model_version", None)
     return f"runs:/{run_id}/{ARTIFACT_PATH}", None if version is None else str(version)

@@ -124,7 +124,8 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
 def model_from_checkpoint(state: dict) -> nn.Module:
     """The model a checkpoint dict (see :mod:`trainer.checkpoint`) was validated with, in
     eval mode: its EMA weights when the run kept them (``--model-ema``), else its weights."""
-    model = build_model(state[ckpt.MODEL_NAME], len(state[ckpt.CLASSES]))
-    weights = state.get(ckpt.EMA) or state[ckpt.MODEL]
+    run = ckpt.run_identity(state)
+    model = build_model(run.model_name, len(run.classes))
+    weights = state[ckpt.EMA]["weights"] if ckpt.EMA in state else state[ckpt.MODEL]
     model.load_state_dict({strip_wrappers(k): v for k, v in weights.items()})
     return model.eval()

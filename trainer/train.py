@@ -2,11 +2,11 @@
 
 Shape after torchvision's reference script: :func:`build_optimizer`,
 :func:`train_one_epoch`, :func:`validate` (scoring with :func:`trainer.metrics.evaluate`),
-:func:`main`. A run's state is a :class:`Job`: :meth:`Job.state` saves it and
-:meth:`Job.load_state` restores it. Every rank runs exactly ``steps_per_epoch`` optimizer
-steps per epoch from an infinite per-rank Petastorm stream; validation reads each image
-once across ranks and reduces sums; rank 0 alone prints, writes checkpoints and talks to
-MLflow.
+:func:`main`. What a run holds is a :class:`TrainingRun` (``run``): :meth:`TrainingRun.state`
+saves it and :meth:`TrainingRun.load_state` restores it. Every rank runs exactly
+``steps_per_epoch`` optimizer steps per epoch from an infinite per-rank Petastorm stream;
+validation reads each image once across ranks and reduces sums; rank 0 alone prints,
+writes checkpoints and talks to MLflow.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -55,7 +56,8 @@ warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_schedu
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint."""
+    """Where training stands: the checkpoint's ``progress`` part holds :attr:`SAVED`; the
+    rest is this session's."""
     step: int = 0           # optimizer steps done
     epoch: int = 0          # epoch the next step belongs to
     step_in_epoch: int = 0  # steps of that epoch done
@@ -66,9 +68,18 @@ class Progress:
     busy_s: float = 0.0     # wall time of those steps
     wait_s: float = 0.0     # of which waiting for the loader
 
+    SAVED: ClassVar[tuple[str, ...]] = ("step", "epoch", "step_in_epoch", "best_top1", "skipped_steps")
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.SAVED}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.SAVED:
+            setattr(self, name, state[name])
+
 
 @dataclass(kw_only=True)
-class Job:
+class TrainingRun:
     """Everything a run holds, built once by :func:`setup` (keywords only); saved by
     :meth:`state`, restored by :meth:`load_state`."""
     cfg: TrainConfig
@@ -142,37 +153,34 @@ class Job:
         x = model_input(images, self.cfg.image_size, self.dist.device, channels_last=self.channels_last)
         return x, labels.to(self.dist.device, non_blocking=True)
 
+    @property
+    def identity(self) -> ckpt.RunIdentity:
+        """The checkpoint's ``run`` part: what this run is made for and what orders its samples."""
+        return ckpt.RunIdentity(
+            config=self.cfg.to_dict(), classes=self.manifest.classes, data_fingerprint=self.manifest.fingerprint,
+            model_name=self.cfg.model, world_size=self.dist.world_size, global_batch=self.global_batch,
+            streams=self.streams, micro_batch=self.micro_batch, mlflow_run_id=self.tracker.run_id)
+
+    def parts(self) -> dict:
+        """The checkpoint's parts that :meth:`load_state` restores, by name, each with
+        ``state_dict()`` and ``load_state_dict()``."""
+        return {ckpt.MODEL: self.model_without_ddp, ckpt.OPTIMIZER: self.optimizer, ckpt.SCHEDULER: self.scheduler,
+                ckpt.SCALER: self.scaler, **({ckpt.EMA: self.ema} if self.ema is not None else {}),
+                ckpt.PROGRESS: self.progress, ckpt.RNG: ckpt.RngState()}
+
     def state(self) -> dict:
-        """What a checkpoint holds (keys: :mod:`trainer.checkpoint`'s constants): enough to
-        continue as if never stopped, and to refuse another data set or model."""
-        progress, c = self.progress, ckpt
-        return {
-            c.MODEL: self.model_without_ddp.state_dict(), c.OPTIMIZER: self.optimizer.state_dict(),
-            c.SCHEDULER: self.scheduler.state_dict(), c.SCALER: self.scaler.state_dict(),
-            c.STEP: progress.step, c.EPOCH: progress.epoch, c.STEP_IN_EPOCH: progress.step_in_epoch,
-            c.BEST_TOP1: progress.best_top1, c.SKIPPED_STEPS: progress.skipped_steps,
-            c.CONFIG: self.cfg.to_dict(), c.RNG: c.rng_state(), c.MLFLOW_RUN_ID: self.tracker.run_id,
-            c.CLASSES: self.manifest.classes, c.DATA_FINGERPRINT: self.manifest.fingerprint,
-            c.MODEL_NAME: self.cfg.model, c.WORLD_SIZE: self.dist.world_size,
-            c.GLOBAL_BATCH: self.global_batch, c.STREAMS: self.streams, c.MICRO_BATCH: self.micro_batch,
-            **({c.EMA: self.ema.state_dict(), c.EMA_UPDATES: self.ema.updates} if self.ema is not None else {}),
-        }
+        """What a checkpoint holds (the layout: :mod:`trainer.checkpoint`): enough to continue
+        as if never stopped, and to refuse another data set or model."""
+        return {**{name: part.state_dict() for name, part in self.parts().items()},
+                ckpt.RUN: self.identity.state_dict()}
 
     def load_state(self, state: dict) -> None:
-        """Continue from a checkpoint that :meth:`state` wrote: weights, optimizer, LR schedule,
-        scaler, RNG and the position in training. (Its MLflow run id is read by :func:`setup`,
-        which opens the tracker on that run.)"""
-        self.model_without_ddp.load_state_dict(state[ckpt.MODEL])
-        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
-        self.scheduler.load_state_dict(state[ckpt.SCHEDULER])
-        self.scaler.load_state_dict(state[ckpt.SCALER])
-        if self.ema is not None:
-            if ckpt.EMA not in state:
-                raise UserError("--model-ema: the checkpoint has no EMA weights (its run had no --model-ema)")
-            self.ema.load_state_dict(state[ckpt.EMA], state[ckpt.EMA_UPDATES])
-        ckpt.set_rng_state(state[ckpt.RNG])
-        self.progress = Progress(step=state[ckpt.STEP], epoch=state[ckpt.EPOCH], step_in_epoch=state[ckpt.STEP_IN_EPOCH],
-                                 best_top1=state[ckpt.BEST_TOP1], skipped_steps=state.get(ckpt.SKIPPED_STEPS, 0))
+        """Continue from a checkpoint that :meth:`state` wrote: every part but ``run``, which
+        :func:`setup` reads before the run is built (the batches, streams and MLflow run)."""
+        if self.ema is not None and ckpt.EMA not in state:
+            raise UserError("--model-ema: the checkpoint has no EMA weights (its run had no --model-ema)")
+        for name, part in self.parts().items():
+            part.load_state_dict(state[name])
 
     def save(self, name: str) -> str | None:
         if not self.dist.is_main:
@@ -187,66 +195,66 @@ class Job:
         return path
 
 
-def validate(job: Job) -> dict:
+def validate(run: TrainingRun) -> dict:
     """Run :func:`evaluate` on the val split (the EMA weights with ``--model-ema``); log it,
     keep ``best.pt`` when top-1 improves."""
-    broadcast_buffers(job.eval_model)  # every rank scores the model rank 0 saves
-    progress = job.progress
-    with job.loader(job.val, train=False) as batches:
-        res = evaluate(job.eval_model, job.watchdog.watch(batches, f"validation at step {progress.step}"),
-                       job.dist.device, job.manifest.num_classes, job.inputs, job.autocast).results()
-    job.watchdog.tick(f"validation at step {progress.step}")
+    broadcast_buffers(run.eval_model)  # every rank scores the model rank 0 saves
+    progress = run.progress
+    with run.loader(run.val, train=False) as batches:
+        res = evaluate(run.eval_model, run.watchdog.watch(batches, f"validation at step {progress.step}"),
+                       run.dist.device, run.manifest.num_classes, run.inputs, run.autocast).results()
+    run.watchdog.tick(f"validation at step {progress.step}")
     progress.last_val = res
-    job.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, progress.step)
-    print0(f"step {progress.step}/{job.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
+    run.tracker.log_metrics({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]}, progress.step)
+    print0(f"step {progress.step}/{run.total_steps}  val_loss {res['loss']:.4f}  top1 {res['top1']:.4f}  "
            f"top5 {res['top5']:.4f}  ({res['count']} images)")
     if res["top1"] > progress.best_top1:
         progress.best_top1 = res["top1"]
-        job.save(ckpt.BEST)
-    job.model.train()
+        run.save(ckpt.BEST)
+    run.model.train()
     return res
 
 
-def train_one_epoch(job: Job, batches, bar) -> None:
-    """Run the rest of ``job.progress.epoch``: exactly steps_per_epoch steps in all
+def train_one_epoch(run: TrainingRun, batches, bar) -> None:
+    """Run the rest of ``run.progress.epoch``: exactly steps_per_epoch steps in all
     (fewer only when ``--stop-after-steps`` is reached first). ``batches`` yields
-    :meth:`Job.inputs` ``(x, y)``: model inputs and labels on the device."""
-    cfg, progress = job.cfg, job.progress
-    job.model.train()
+    :meth:`TrainingRun.inputs` ``(x, y)``: model inputs and labels on the device."""
+    cfg, progress = run.cfg, run.progress
+    run.model.train()
     window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-    while progress.step_in_epoch < job.steps_per_epoch and not job.stop_reached:
+    while progress.step_in_epoch < run.steps_per_epoch and not run.stop_reached:
         t0 = time.perf_counter()
-        x, y = next(batches)  # job.inputs, made ready one batch ahead (see fit)
+        x, y = next(batches)  # run.inputs, made ready one batch ahead (see fit)
         t1 = time.perf_counter()
-        job.optimizer.zero_grad(set_to_none=True)
-        loss = micro_steps(job, x, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss = micro_steps(run, x, y)
         if cfg.grad_clip:
-            job.scaler.unscale_(job.optimizer)
-            nn.utils.clip_grad_norm_(job.model_without_ddp.parameters(), cfg.grad_clip)
-        scale = job.scaler.get_scale() if job.scaler.is_enabled() else 0.0
-        job.scaler.step(job.optimizer)
-        job.scaler.update()
-        if job.scaler.is_enabled() and job.scaler.get_scale() < scale:  # backed off: this step was skipped
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model_without_ddp.parameters(), cfg.grad_clip)
+        scale = run.scaler.get_scale() if run.scaler.is_enabled() else 0.0
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if run.scaler.is_enabled() and run.scaler.get_scale() < scale:  # backed off: this step was skipped
             progress.skipped_steps += 1
-        if job.ema is not None:
-            job.ema.update(job.model_without_ddp)
-        job.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model_without_ddp)
+        run.scheduler.step()
         progress.step += 1
         progress.step_in_epoch += 1
-        job.beacon.mark(progress.step)
-        job.watchdog.tick(f"train step {progress.step}")
+        run.beacon.mark(progress.step)
+        run.watchdog.tick(f"train step {progress.step}")
         window_images += len(y)
         window_wait += t1 - t0
-        if progress.step % cfg.log_every == 0 or progress.step_in_epoch == job.steps_per_epoch or job.stop_reached:
+        if progress.step % cfg.log_every == 0 or progress.step_in_epoch == run.steps_per_epoch or run.stop_reached:
             # The ranks' current losses, averaged (reading it syncs the device: only here).
             ranks_loss = all_reduce_sum(torch.tensor([loss.float().item(), 1.0], dtype=torch.float64))
             elapsed = time.perf_counter() - window_start
             metrics = {"train_loss": float(ranks_loss[0] / ranks_loss[1]),
-                       "lr": job.scheduler.get_last_lr()[0],
-                       "train_images_per_s": window_images * job.dist.world_size / elapsed,
+                       "lr": run.scheduler.get_last_lr()[0],
+                       "train_images_per_s": window_images * run.dist.world_size / elapsed,
                        "data_wait_fraction": window_wait / elapsed,
-                       **({"skipped_steps": progress.skipped_steps} if job.scaler.is_enabled() else {})}
-            job.tracker.log_metrics(metrics, progress.step)
+                       **({"skipped_steps": progress.skipped_steps} if run.scaler.is_enabled() else {})}
+            run.tracker.log_metrics(metrics, progress.step)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", lr=f"{metrics['lr']:.2e}",
                             img_s=f"{metrics['train_images_per_s']:.0f}")
             progress.images += window_images
@@ -254,30 +262,30 @@ def train_one_epoch(job: Job, batches, bar) -> None:
             progress.wait_s += window_wait
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
         bar.update(1)
-        if job.val is not None and cfg.val_every and progress.step % cfg.val_every == 0:
+        if run.val is not None and cfg.val_every and progress.step % cfg.val_every == 0:
             started = time.perf_counter()
-            validate(job)
+            validate(run)
             window_start += time.perf_counter() - started  # the window's steps keep their time
         if cfg.ckpt_every and progress.step % cfg.ckpt_every == 0:
-            job.save(ckpt.LAST)
+            run.save(ckpt.LAST)
 
 
-def micro_steps(job: Job, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def micro_steps(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Forward and backward the rank's batch ``--grad-accum`` micro-batches at a time (DDP
     reduces the gradients once, after the last); returns the batch's mean loss. Micro-batch
     ``i`` of rank ``r`` is micro-batch ``r * grad_accum + i`` of the global batch, whatever
     the world size: MixUp/CutMix are keyed by that index."""
-    accum, size = job.grad_accum, job.micro_batch
+    accum, size = run.grad_accum, run.micro_batch
     total = torch.zeros((), device=x.device)
     for i in range(accum):
         xi, yi = x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
-        if job.mixing is not None:
-            xi, yi = job.mixing(xi, yi, job.progress.step, job.dist.rank * accum + i)
-        sync = i == accum - 1 or not hasattr(job.model, "no_sync")
-        with contextlib.nullcontext() if sync else job.model.no_sync():
-            with job.autocast():
-                loss = job.criterion(job.model(xi), yi) / accum
-            job.scaler.scale(loss).backward()
+        if run.mixing is not None:
+            xi, yi = run.mixing(xi, yi, run.progress.step, run.dist.rank * accum + i)
+        sync = i == accum - 1 or not hasattr(run.model, "no_sync")
+        with contextlib.nullcontext() if sync else run.model.no_sync():
+            with run.autocast():
+                loss = run.criterion(run.model(xi), yi) / accum
+            run.scaler.scale(loss).backward()
         total += loss.detach()
     return total
 
@@ -324,7 +332,7 @@ def cache_weights(model_name: str, weights: str, dist: DistInfo) -> None:
         raise UserError(error or f"weights {model_name} {weights} could not be downloaded (see local rank 0's error)")
 
 
-def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchdog) -> Job:
+def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchdog) -> TrainingRun:
     """Check inputs, build model/optimizer/schedule, restore a checkpoint if resuming."""
     manifest = Manifest.load(cfg.data)
     if cfg.decode == "gpu" and dist.device.type != "cuda":
@@ -337,13 +345,14 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     resume_path, resumed, fallback = ckpt.load_resume(cfg.out, cfg.resume)
     if fallback:
         print0(f"warning: {fallback}")
-    if resumed is not None:
-        ckpt.check_compatible(resumed, fingerprint=manifest.fingerprint, classes=manifest.classes,
-                            model_name=cfg.model, path=resume_path)
-    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, resumed and resumed.get(ckpt.MICRO_BATCH))
+    saved = ckpt.run_identity(resumed) if resumed is not None else None
+    if saved is not None:
+        saved.check_compatible(resume_path, fingerprint=manifest.fingerprint, classes=manifest.classes,
+                               model_name=cfg.model)
+    global_batch, micro_batch, grad_accum = cfg.batches(dist.world_size, saved and saved.micro_batch)
     steps_per_epoch = train_steps_per_epoch(train, global_batch // dist.world_size, dist.world_size,
                                             cfg.steps_per_epoch)
-    streams = train_streams(cfg, resumed, global_batch, dist.world_size)
+    streams = train_streams(cfg, saved, global_batch, dist.world_size)
 
     autocast_dtype = precision_dtype(cfg.precision, dist.device)
     if cfg.weights:
@@ -357,7 +366,7 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
     warmup_steps = warmup_length(cfg.warmup_steps, cfg.warmup_epochs, steps_per_epoch, total_steps)
     optimizer = build_optimizer(cfg, model, lr, backbone)
     mixing = BatchMixing(manifest.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.seed)
-    job = Job(
+    run = TrainingRun(
         cfg=cfg, dist=dist, manifest=manifest, train=train, val=val, steps_per_epoch=steps_per_epoch,
         global_batch=global_batch, micro_batch=micro_batch, grad_accum=grad_accum, streams=streams,
         model=wrap_model(model, dist, cfg.compile), model_without_ddp=model,
@@ -367,124 +376,123 @@ def setup(cfg: TrainConfig, dist: DistInfo, beacon: StepBeacon, watchdog: Watchd
         scheduler=warmup_cosine(optimizer, warmup_steps, total_steps),
         scaler=make_scaler(dist.device, autocast_dtype),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, resumed[ckpt.MLFLOW_RUN_ID] if resumed else None),
+        tracker=make_tracker(dist.is_main, cfg.out, cfg.experiment, saved and saved.mlflow_run_id),
         beacon=beacon, watchdog=watchdog, autocast_dtype=autocast_dtype, channels_last=dist.device.type == "cuda")
     if resumed is not None:
-        job.load_state(resumed)
-        changed = ckpt.changed_settings(resumed, cfg.to_dict(), {ckpt.GLOBAL_BATCH: global_batch, ckpt.STREAMS: streams,
-                                                               ckpt.MICRO_BATCH: micro_batch})
+        run.load_state(resumed)
+        changed = saved.changed_settings(run.identity)
         if changed:
             print0(f"note: resuming with {', '.join(changed)}: training goes on, but not exactly as it "
                    "would have without the interruption")
-        elif resumed.get(ckpt.WORLD_SIZE) != dist.world_size:
-            print0(f"resuming on {dist.world_size} rank(s) (was {resumed.get(ckpt.WORLD_SIZE)}): the same global "
+        elif saved.world_size != dist.world_size:
+            print0(f"resuming on {dist.world_size} rank(s) (was {saved.world_size}): the same global "
                    f"batches (micro-batch {micro_batch}, {grad_accum} accumulated per rank); gradients are summed "
                    "in another order, so the weights follow the uninterrupted run up to float rounding, not bit "
                    "for bit")
-        print0(f"resuming from {resume_path} at step {job.progress.step} (epoch {job.progress.epoch + 1}, "
-               f"step {job.progress.step_in_epoch} of {steps_per_epoch})")
-    return job
+        print0(f"resuming from {resume_path} at step {run.progress.step} (epoch {run.progress.epoch + 1}, "
+               f"step {run.progress.step_in_epoch} of {steps_per_epoch})")
+    return run
 
 
-def train_streams(cfg: TrainConfig, resumed: dict | None, global_batch: int, world_size: int) -> int:
-    """``--streams``; else the checkpoint's when it fits this world size and global batch
-    (so the run goes on in the same order); else :func:`data.order.default_streams`."""
-    if cfg.streams is None and resumed is not None and resumed.get(ckpt.GLOBAL_BATCH) == global_batch \
-            and resumed[ckpt.STREAMS] % world_size == 0:
-        return resumed[ckpt.STREAMS]
+def train_streams(cfg: TrainConfig, saved: ckpt.RunIdentity | None, global_batch: int, world_size: int) -> int:
+    """``--streams``; else the checkpoint's (``saved``) when it fits this world size and global
+    batch (so the run goes on in the same order); else :func:`data.order.default_streams`."""
+    if cfg.streams is None and saved is not None and saved.global_batch == global_batch \
+            and saved.streams % world_size == 0:
+        return saved.streams
     streams = cfg.streams or default_streams(global_batch, world_size, cfg.workers)
     check_streams(streams, global_batch, world_size)
     return streams
 
 
-def fit(job: Job) -> dict:
-    """Train to ``epochs * steps_per_epoch`` steps from wherever ``job.progress`` stands."""
-    cfg, progress = job.cfg, job.progress
-    job.tracker.log_params({**cfg.to_dict(), "world_size": job.dist.world_size, "global_batch": job.global_batch,
-                            "micro_batch": job.micro_batch, "effective_grad_accum": job.grad_accum,
-                            "effective_streams": job.streams,
-                            "steps_per_epoch": job.steps_per_epoch, "num_classes": job.manifest.num_classes,
-                            "data_fingerprint": job.manifest.fingerprint, "effective_lr": job.lr,
-                            "effective_warmup_steps": job.warmup_steps,
-                            "effective_precision": precision_name(job.autocast_dtype)})
-    job.tracker.log_dict(job.manifest.classes, "classes.json")
-    job.tracker.log_dict(cfg.to_dict(), "config.json")
-    print0(f"training {cfg.model} on {job.train.rows} images, {job.manifest.num_classes} classes: "
-           f"global batch {job.global_batch} ({job.dist.world_size} rank(s) x {job.grad_accum} x micro-batch "
-           f"{job.micro_batch}) from {job.streams} streams, {cfg.epochs} epochs x {job.steps_per_epoch} steps, "
-           f"device {job.dist.device.type}, {precision_name(job.autocast_dtype)}")
-    rule = lr_rule(cfg.lr, cfg.base_lr, cfg.optimizer, job.global_batch)
-    print0(f"{cfg.optimizer} LR {job.lr:.4g} ({rule}), linear warm-up over {job.warmup_steps} steps, "
-           f"then cosine to 0" + (f"; pretrained layers at {cfg.backbone_lr_factor:g} x" if job.backbone and
+def fit(run: TrainingRun) -> dict:
+    """Train to ``epochs * steps_per_epoch`` steps from wherever ``run.progress`` stands."""
+    cfg, progress = run.cfg, run.progress
+    run.tracker.log_params({**cfg.to_dict(), "world_size": run.dist.world_size, "global_batch": run.global_batch,
+                            "micro_batch": run.micro_batch, "effective_grad_accum": run.grad_accum,
+                            "effective_streams": run.streams,
+                            "steps_per_epoch": run.steps_per_epoch, "num_classes": run.manifest.num_classes,
+                            "data_fingerprint": run.manifest.fingerprint, "effective_lr": run.lr,
+                            "effective_warmup_steps": run.warmup_steps,
+                            "effective_precision": precision_name(run.autocast_dtype)})
+    run.tracker.log_dict(run.manifest.classes, "classes.json")
+    run.tracker.log_dict(cfg.to_dict(), "config.json")
+    print0(f"training {cfg.model} on {run.train.rows} images, {run.manifest.num_classes} classes: "
+           f"global batch {run.global_batch} ({run.dist.world_size} rank(s) x {run.grad_accum} x micro-batch "
+           f"{run.micro_batch}) from {run.streams} streams, {cfg.epochs} epochs x {run.steps_per_epoch} steps, "
+           f"device {run.dist.device.type}, {precision_name(run.autocast_dtype)}")
+    rule = lr_rule(cfg.lr, cfg.base_lr, cfg.optimizer, run.global_batch)
+    print0(f"{cfg.optimizer} LR {run.lr:.4g} ({rule}), linear warm-up over {run.warmup_steps} steps, "
+           f"then cosine to 0" + (f"; pretrained layers at {cfg.backbone_lr_factor:g} x" if run.backbone and
                                   cfg.backbone_lr_factor != 1 else ""))
-    bar = progress_bar(total=job.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and job.dist.is_main))
-    job.watchdog.tick(f"start of training at step {progress.step}")
+    bar = progress_bar(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
+               disable=not (cfg.progress and run.dist.is_main))
+    run.watchdog.tick(f"start of training at step {progress.step}")
     try:
-        while progress.epoch < cfg.epochs and not job.stop_reached:
+        while progress.epoch < cfg.epochs and not run.stop_reached:
             bar.set_description(f"epoch {progress.epoch + 1}/{cfg.epochs}")
-            job.set_backbone_frozen(progress.epoch < cfg.freeze_backbone_epochs)
+            run.set_backbone_frozen(progress.epoch < cfg.freeze_backbone_epochs)
             # The next batch is decoded (--decode gpu) or copied and normalised on a side
             # stream while this step runs (data.gpu_prefetch); same batches, same order.
-            with job.loader(job.train, train=True, epoch=progress.epoch, skip=progress.step_in_epoch) as batches, \
-                    make_device_prefetcher(batches, job.inputs, job.dist.device) as inputs:
-                train_one_epoch(job, inputs, bar)
-            if progress.step_in_epoch < job.steps_per_epoch:  # --stop-after-steps, mid-epoch
-                job.save(ckpt.LAST)
-                print0(f"stopped after step {progress.step} of {job.total_steps} (--stop-after-steps): "
+            with run.loader(run.train, train=True, epoch=progress.epoch, skip=progress.step_in_epoch) as batches, \
+                    make_device_prefetcher(batches, run.inputs, run.dist.device) as inputs:
+                train_one_epoch(run, inputs, bar)
+            if progress.step_in_epoch < run.steps_per_epoch:  # --stop-after-steps, mid-epoch
+                run.save(ckpt.LAST)
+                print0(f"stopped after step {progress.step} of {run.total_steps} (--stop-after-steps): "
                        "continue with --resume auto")
-                return summarize(job)
+                return summarize(run)
             validated = cfg.val_every and progress.step % cfg.val_every == 0
-            if job.val is not None and not validated:
-                validate(job)
+            if run.val is not None and not validated:
+                validate(run)
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-            job.save(ckpt.LAST)
-        if job.val is not None and not progress.last_val and not job.stop_reached:  # resumed after the last step
-            validate(job)
+            run.save(ckpt.LAST)
+        if run.val is not None and not progress.last_val and not run.stop_reached:  # resumed after the last step
+            validate(run)
     finally:
         bar.close()
-    return summarize(job)
+    return summarize(run)
 
 
-def summarize(job: Job) -> dict:
+def summarize(run: TrainingRun) -> dict:
     """Reduce the run's numbers over ranks; rank 0 writes summary.json and logs artifacts."""
-    progress, val = job.progress, job.progress.last_val
-    world = job.dist.world_size
+    progress, val = run.progress, run.progress.last_val
+    world = run.dist.world_size
     steps_by_rank = torch.zeros(world, dtype=torch.float64)
-    steps_by_rank[job.dist.rank] = progress.step
+    steps_by_rank[run.dist.rank] = progress.step
     times = torch.tensor([progress.images, progress.busy_s, progress.wait_s], dtype=torch.float64)
     stats = all_reduce_sum(torch.cat([times, steps_by_rank]))
     summary = {
-        "steps": progress.step, "steps_per_epoch": job.steps_per_epoch, "epochs": job.cfg.epochs,
+        "steps": progress.step, "steps_per_epoch": run.steps_per_epoch, "epochs": run.cfg.epochs,
         "world_size": world, "val_top1": val.get("top1"), "val_top5": val.get("top5"),
         "val_loss": val.get("loss"), "val_count": val.get("count"), "best_val_top1": max(progress.best_top1, 0.0),
         "skipped_steps": progress.skipped_steps,
         "train_images_per_s": float(stats[0] / (stats[1] / world)) if stats[1] else None,
         "data_wait_fraction": float(stats[2] / stats[1]) if stats[1] else None,
         "rank_steps": [int(v) for v in stats[3:]],  # optimizer steps each rank ran: all equal
-        "run_dir": os.path.abspath(job.cfg.out), "mlflow_run_id": job.tracker.run_id,
-        "mlflow_tracking_uri": job.tracker.tracking_uri,
+        "run_dir": os.path.abspath(run.cfg.out), "mlflow_run_id": run.tracker.run_id,
+        "mlflow_tracking_uri": run.tracker.tracking_uri,
     }
-    if job.dist.is_main:
-        best = os.path.join(ckpt.checkpoint_dir(job.cfg.out), ckpt.BEST)
-        state = ckpt.load_checkpoint(best) if os.path.isfile(best) else job.state()
+    if run.dist.is_main:
+        best = os.path.join(ckpt.checkpoint_dir(run.cfg.out), ckpt.BEST)
+        state = ckpt.load_checkpoint(best) if os.path.isfile(best) else run.state()
         # A full disk here loses nothing: the checkpoints are written, and a rerun with
         # --resume auto of the finished run logs the model and artifacts again.
         need = ckpt.state_bytes(state[ckpt.MODEL]) + (os.path.getsize(best) if os.path.isfile(best) else 0)
-        with storage_errors(f"cannot store the MLflow model and artifacts in {job.tracker.artifact_uri} (they need "
+        with storage_errors(f"cannot store the MLflow model and artifacts in {run.tracker.artifact_uri} (they need "
                             f"about {need / 2**20:.1f} MiB)",
-                            f"the run's checkpoints are kept in {ckpt.checkpoint_dir(job.cfg.out)}: free space "
+                            f"the run's checkpoints are kept in {ckpt.checkpoint_dir(run.cfg.out)}: free space "
                             "and rerun with --resume auto to store them"):
-            if progress.step >= job.total_steps:  # a finished run: its best weights become the MLflow model
-                model_uri, version = job.tracker.log_model(state, job.cfg.register_model)
+            if progress.step >= run.total_steps:  # a finished run: its best weights become the MLflow model
+                model_uri, version = run.tracker.log_model(state, run.cfg.register_model)
                 summary.update(mlflow_model_uri=model_uri, mlflow_model_version=version)
-                print0(f"MLflow model: {model_uri}" + (f" (registered as {job.cfg.register_model} version {version})"
+                print0(f"MLflow model: {model_uri}" + (f" (registered as {run.cfg.register_model} version {version})"
                                                         if version else ""))
-            with open(os.path.join(job.cfg.out, "summary.json"), "w") as f:
+            with open(os.path.join(run.cfg.out, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             if os.path.isfile(best):
-                job.tracker.log_artifact(best)
-            job.tracker.log_artifact(os.path.join(job.cfg.out, "summary.json"))
+                run.tracker.log_artifact(best)
+            run.tracker.log_artifact(os.path.join(run.cfg.out, "summary.json"))
     return summary
 
 
@@ -505,16 +513,16 @@ def main(argv: list[str] | TrainConfig | None = None) -> dict | None:
     dist = compute_init(cfg.dist_timeout)
     beacon = StepBeacon(dist.rank, dist.world_size)
     watchdog = Watchdog(cfg.out, dist.rank, cfg.stacks_after, on_stall=beacon.stalled)
-    job = None
+    run = None
     try:
-        job = setup(cfg, dist, beacon, watchdog)
-        beacon.mark(job.progress.step)
-        summary = fit(job)
-        job.tracker.close("KILLED" if summary["steps"] < job.total_steps else "FINISHED")
+        run = setup(cfg, dist, beacon, watchdog)
+        beacon.mark(run.progress.step)
+        summary = fit(run)
+        run.tracker.close("KILLED" if summary["steps"] < run.total_steps else "FINISHED")
         return summary if dist.is_main else None
     except BaseException as exc:
-        if job is not None:
-            job.tracker.close("FAILED")
+        if run is not None:
+            run.tracker.close("FAILED")
         if isinstance(exc, RunFailure):  # its line names the stacks folder: this rank's file too
             watchdog.dump(str(exc))
         lost_peer = None if isinstance(exc, UserError) else beacon.describe(exc, cfg.dist_timeout)

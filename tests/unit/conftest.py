@@ -1,5 +1,5 @@
-"""tests/unit: the pure parts (order arithmetic, schedule, EMA, mixing, splits, decode,
-settings), in seconds with ``make unit``. A test here starts no process and no Spark;
+"""tests/unit: the pure parts (order arithmetic, schedule, EMA, checkpoint parts, mixing,
+splits, decode, settings), in seconds with ``make unit``. A test here starts no process and no Spark;
 end-to-end tests, real processes and Spark included, live in tests/ above."""
 from __future__ import annotations
 

@@ -44,9 +44,10 @@ def test_state_round_trip_restores_weights_and_the_update_count():
     for _ in range(3):
         ema.update(net)
     restored = ModelEma(model(), decay=0.9)
-    restored.load_state_dict(ema.state_dict(), ema.updates)
-    assert restored.updates == 3
-    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), ema.state_dict().values()))
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 3 and restored.state_dict()["updates"] == 3
+    saved, again = ema.state_dict()["weights"], restored.state_dict()["weights"]
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
     assert not any(p.requires_grad for p in restored.module.parameters())
 
 
