@@ -265,6 +265,11 @@ class RunIdentity:
                           if getattr(self, key) != getattr(now, key)]
 
 
+def scored_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights validation scored: the EMA's when the run kept one (``--model-ema``)."""
+    return state[EMA]["weights"] if EMA in state else state[MODEL]
+
+
 def run_identity(state: dict[str, Any]) -> RunIdentity:
     """The ``run`` part of a checkpoint dict (all unknown when the file has none: another
     loop's checkpoint, which :meth:`RunIdentity.check_compatible` then refuses)."""

@@ -37,12 +37,13 @@ def prepare_image(data: bytes, size: int) -> np.ndarray:
 
 
 def model_only(state: dict) -> dict:
-    """The part of a checkpoint dict that scoring needs (weights, model name, classes,
-    image size): a small file, loadable by :func:`trainer.checkpoint.load_checkpoint`."""
+    """The part of a checkpoint dict that scoring needs (the weights validation scored: the
+    EMA's with ``--model-ema``; model name, classes, image size): a small file, loadable by
+    :func:`trainer.checkpoint.load_checkpoint`."""
     run = ckpt.run_identity(state)
     scoring = ckpt.RunIdentity(model_name=run.model_name, classes=list(run.classes),
                                config={"image_size": run.config["image_size"]})
-    return {ckpt.FORMAT: ckpt.FORMAT_VERSION, ckpt.MODEL: state[ckpt.MODEL], ckpt.RUN: scoring.state_dict()}
+    return {ckpt.FORMAT: ckpt.FORMAT_VERSION, ckpt.MODEL: ckpt.scored_weights(state), ckpt.RUN: scoring.state_dict()}
 
 
 def default_device() -> torch.device:

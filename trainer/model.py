@@ -126,6 +126,5 @@ def model_from_checkpoint(state: dict) -> nn.Module:
     eval mode: its EMA weights when the run kept them (``--model-ema``), else its weights."""
     run = ckpt.run_identity(state)
     model = build_model(run.model_name, len(run.classes))
-    weights = state[ckpt.EMA]["weights"] if ckpt.EMA in state else state[ckpt.MODEL]
-    model.load_state_dict({strip_wrappers(k): v for k, v in weights.items()})
+    model.load_state_dict({strip_wrappers(k): v for k, v in ckpt.scored_weights(state).items()})
     return model.eval()

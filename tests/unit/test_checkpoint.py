@@ -120,3 +120,6 @@ def test_the_model_of_a_checkpoint_is_the_ema_when_the_run_kept_one():
     assert all(torch.equal(v, state[ckpt.MODEL][k]) for k, v in plain.items())
     averaged = model_from_checkpoint({**state, ckpt.EMA: ema.state_dict()}).state_dict()
     assert all(torch.equal(v, ema.state_dict()["weights"][k]) for k, v in averaged.items())
+    # The MLflow model and batch prediction score what evaluate and predict score.
+    small = model_only({**state, ckpt.EMA: ema.state_dict()})[ckpt.MODEL]
+    assert all(torch.equal(v, ema.state_dict()["weights"][k]) for k, v in small.items())
