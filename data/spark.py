@@ -124,8 +124,11 @@ def runtime_conf(spark, conf: dict[str, str]) -> Iterator[None]:
                 spark.conf.set(key, value)
 
 
-def parse_conf(pairs: list[str] | None) -> dict[str, str]:
-    """Turn ``["k=v", ...]`` from ``--spark-conf`` into a dict, refusing malformed items."""
+def parse_conf(pairs: list[str] | dict[str, str] | None) -> dict[str, str]:
+    """Turn ``["k=v", ...]`` from ``--spark-conf`` into a dict, refusing malformed items; a
+    dict (the Python API's form) is taken as it is."""
+    if isinstance(pairs, dict):
+        return pairs
     out: dict[str, str] = {}
     for item in pairs or []:
         key, sep, value = item.partition("=")

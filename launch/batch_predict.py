@@ -66,8 +66,7 @@ class PredictOptions:
                                          help="any other Spark setting (repeatable)")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.spark_conf, dict):  # the command line's ["k=v", ...]
-            self.spark_conf = parse_conf(self.spark_conf)
+        self.spark_conf = parse_conf(self.spark_conf)  # the command line's ["k=v", ...], or a dict
         check_settings(self)
 
 

@@ -239,8 +239,7 @@ class SparkLaunchOptions:
                                          help="Spark setting (repeatable)")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.spark_conf, dict):  # the command line's ["k=v", ...]
-            self.spark_conf = parse_conf(self.spark_conf)
+        self.spark_conf = parse_conf(self.spark_conf)  # the command line's ["k=v", ...], or a dict
         check_settings(self)
         if self.use_gpu and self.no_gpu:
             raise UserError("--use-gpu and --no-gpu contradict each other: give one")

@@ -76,8 +76,7 @@ class ConvertOptions:
         if (self.images is None) == (self.table is None):
             raise UserError("give the images with --images DIR|URL or --table NAME|DIR (one of them)")
         parse_split(self.split)
-        if not isinstance(self.spark_conf, dict):  # the command line's ["k=v", ...]
-            self.spark_conf = parse_conf(self.spark_conf)
+        self.spark_conf = parse_conf(self.spark_conf)  # the command line's ["k=v", ...], or a dict
 
     @property
     def fractions(self) -> Fractions:
