@@ -76,8 +76,7 @@ class TrainConfig:
                                    help="linear warm-up over the first E epochs (at most half the run), then "
                                         "cosine decay to 0 at the last step; the LR changes every step")
     warmup_steps: int | None = setting(None, trajectory=True, minimum=0, metavar="N",
-                                       help="warm-up steps, exactly, instead of "
-                                                                          "--warmup-epochs")
+                                       help="warm-up steps, exactly, instead of --warmup-epochs")
     label_smoothing: float = setting(0.0, trajectory=True, minimum=0, below=1, metavar="S",
                                      help="cross-entropy label smoothing")
     auto_augment: str = setting("none", trajectory=True, choices=AUTO_AUGMENT,
@@ -92,7 +91,7 @@ class TrainConfig:
                                        "batch")
     model_ema: bool = setting(False, trajectory=True,
                               help="keep an exponential moving average of the weights; validation, best.pt, "
-                                          "evaluate and predict use it")
+                                   "evaluate and predict use it")
     model_ema_decay: float = setting(0.999, trajectory=True, minimum=0, below=1, metavar="D",
                                      help="EMA decay per step, ramped up as min(D, (1+n)/(10+n)) over the first "
                                           "n steps")
