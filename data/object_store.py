@@ -36,11 +36,12 @@ from data.errors import RunFailure
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", ENDPOINT_ENV)
 S3_SCHEMES = ("s3", "s3a", "s3n")
-# s3fs reads this much past each request (its default: 50 MiB). Petastorm opens the file
-# again for every row group, so each row group read fetched, and held in the loader
-# worker, up to 50 MiB more than it wanted: one worker's quarter of a 68 MiB file (17 MiB
-# of row groups) fetched 823 MiB from the server; 1 MiB: 45 MiB; 256 KiB: 27 MiB. 256 KiB
-# still covers the small label and path column chunks that follow each image chunk.
+# s3fs reads this much past each request (its default: 50 MiB). Petastorm opened the file
+# again for every row group (a loader worker now keeps a few open, data.row_group_worker),
+# so each row group read fetched, and held in the loader worker, up to 50 MiB more than it
+# wanted: one worker's quarter of a 68 MiB file (17 MiB of row groups) fetched 823 MiB from
+# the server; 1 MiB: 45 MiB; 256 KiB: 27 MiB. 256 KiB still covers the small label and
+# path column chunks that follow each image chunk.
 READ_AHEAD = 256 * 2**10
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0

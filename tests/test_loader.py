@@ -144,3 +144,35 @@ def test_train_parts_travel_through_a_shared_ring_that_waits_for_the_rank():
     assert ring.slot(0, 2)[0] == slot  # buffer 2 reuses buffer 0's slot, once its last step is copied
     assert time.perf_counter() - started >= 0.25
     assert np.array_equal(second, decoded.permute(0, 2, 3, 1).numpy())
+
+
+def test_row_groups_read_as_petastorms_own_worker_reads_them(seven_groups, monkeypatch):
+    """data.row_group_worker reads files it keeps open: the rows must be Petastorm's own,
+    in any order of row groups, with files closed and reopened as a cap of one open file
+    makes it (the split has seven files)."""
+    from petastorm.arrow_reader_worker import ArrowReaderWorker
+    from petastorm.fs_utils import get_filesystem_and_path_or_paths
+    from petastorm.reader import Reader
+
+    import data.row_group_worker
+    from data.split_reader import InlinePool
+
+    folder, manifest = seven_groups
+    parquet = open_split(folder, "val", manifest)
+    assert len(parquet.sources) > 1
+    monkeypatch.setattr(data.row_group_worker, "OPEN_FILES", 1)
+    fs, paths = get_filesystem_and_path_or_paths(list(parquet.sources))
+    pool = InlinePool()
+    petastorm = Reader(fs, paths, schema_fields=["image", "label", "path"], worker_class=ArrowReaderWorker,
+                       reader_pool=pool, shuffle_row_groups=False, num_epochs=1, is_batched_reader=True)
+    order = np.random.default_rng(0).permutation(parquet.row_groups).tolist() * 2
+    with RowGroupReader(parquet) as reader:
+        for group in order:
+            pool.queue(group)
+            want = next(petastorm)
+            images, labels, paths = reader.read(group)
+            assert images.tolist() == want.image.tolist() and images.dtype == object
+            assert labels.dtype == np.int64 and labels.tolist() == want.label.tolist()
+            assert paths.tolist() == want.path.tolist()
+    petastorm.stop()
+    petastorm.join()
