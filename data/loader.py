@@ -44,6 +44,7 @@ import contextlib
 import functools
 import itertools
 import json
+import math
 import multiprocessing.connection
 import os
 import time
@@ -63,7 +64,13 @@ from data.split_reader import ParquetSplit, RowGroupReader, inspect_split, open_
 from data.transforms import Augment, decode_batch, eval_params, train_params
 
 PREFETCH = 4  # messages each worker may have in flight (DataLoader's prefetch_factor); the ring: RING_PREFETCH
-RING_PREFETCH = 2  # train messages in flight per worker, each GROUP_IMAGES images or more
+# Train messages in flight per worker, each GROUP_IMAGES images or more. The workers of a
+# rank move in step (each step takes a part from every worker), so a worker that gets
+# less CPU for a while (the rank runs on its core) holds the others back once they are
+# this far ahead: with 2, the workers on the 600-image resized set slept 3-4% of the time
+# waiting for requests; with 4, 1-3% (python -m bench there: cores busy 0.98 -> 0.99).
+RING_PREFETCH = 4
+SHM_DIR = "/dev/shm"  # where shared memory lives (a container's is 64 MiB unless given more)
 GROUP_IMAGES = 64  # a train message carries enough consecutive steps of a worker's part for this many images
 DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 RECORD_PATHS_ENV = "SPARKDP_RECORD_PATHS"  # set: train workers log each step's paths there (module docstring)
@@ -88,7 +95,9 @@ class SlotRing:
 
     def __init__(self, workers: int, steps: int, rows: int, size: int, slots: int = RING_PREFETCH + 2):
         self.slots, self.steps = slots, steps
-        self.images = torch.empty((workers, slots, steps, rows, size, size, 3), dtype=torch.uint8).share_memory_()
+        shape = (workers, slots, steps, rows, size, size, 3)
+        _check_shared_memory(math.prod(shape))
+        self.images = torch.empty(shape, dtype=torch.uint8).share_memory_()
         self.done = torch.zeros(workers, dtype=torch.int64).share_memory_()
 
     def slot(self, worker: int, group: int) -> tuple[int, torch.Tensor]:
@@ -103,6 +112,20 @@ class SlotRing:
         np.copyto(out, self.images[part.worker, part.slot, step, :part.rows].numpy())
         if step == self.steps - 1:
             self.done[part.worker] += 1
+
+
+def _check_shared_memory(size: int) -> None:
+    """A one-line error when ``SHM_DIR`` cannot hold ``size`` more bytes: the ring would
+    otherwise end the rank with a bus error as it is first written."""
+    try:
+        stat = os.statvfs(SHM_DIR)
+    except OSError:  # no such folder here: shared memory lives elsewhere
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if size > free:
+        raise UserError(f"the train loader's shared memory needs {size / 2**20:.0f} MiB but {SHM_DIR} has "
+                        f"{free / 2**20:.0f} MiB free: in a container, give it more (docker run --shm-size=2g), "
+                        "or use fewer loader workers (--workers) or a smaller batch")
 
 
 def _worker() -> tuple[int, int]:

@@ -176,3 +176,23 @@ def test_row_groups_read_as_petastorms_own_worker_reads_them(seven_groups, monke
             assert paths.tolist() == want.path.tolist()
     petastorm.stop()
     petastorm.join()
+
+
+def test_shared_memory_too_small_for_the_ring_is_a_one_line_user_error(one_group, monkeypatch, tmp_path):
+    """A container's /dev/shm is 64 MiB unless given more: the ring would end the rank with
+    a bus error as it is first written, so the loader refuses first, saying what to do
+    (here the shared-memory folder is a real 1 MiB tmpfs)."""
+    import data.loader
+    from data.errors import UserError
+    from tests.procs import tiny_disk
+
+    data_dir, manifest = one_group
+    parquet = open_split(data_dir, "train", manifest)
+    with tiny_disk(str(tmp_path / "shm"), "1m") as shm:
+        monkeypatch.setattr(data.loader, "SHM_DIR", shm)
+        with pytest.raises(UserError, match=r"shared memory needs \d+ MiB but .*shm has 1 MiB free: .*--shm-size"):
+            with make_loader(parquet, workers=2, rank=0, world_size=1, batch_size=4, image_size=112, train=True):
+                pass
+        monkeypatch.setattr(data.loader, "SHM_DIR", str(tmp_path))  # room enough: the same loader starts
+        with make_loader(parquet, workers=2, rank=0, world_size=1, batch_size=4, image_size=112, train=True) as b:
+            assert next(b)[0].shape == (4, 3, 112, 112)
