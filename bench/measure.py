@@ -118,6 +118,41 @@ def ceiling_rate(decode_one: Callable[[bytes], object], blobs: list[bytes], seco
         return Rate(cores() * done / elapsed, done / max(time.process_time() - cpu0, 1e-9))
 
 
+def all_cores_rate(data: str, size: int, seconds: float) -> Rate:
+    """``cores()`` processes at once, each running the project's decode over ``data``'s
+    stored images in a tight loop: what the cores deliver together with no reading at all.
+    On a VM the cores at once can be slower than cores x one core (shared caches, memory
+    bandwidth, the host's clock), a loss no loader can win back."""
+    from data import workers as wp
+
+    ctx = wp.worker_context()
+    start, results = ctx.Event(), ctx.Queue()
+    with wp.main_hidden():
+        procs = [ctx.Process(target=_decode_loop, args=(data, size, seconds, start, results), daemon=True)
+                 for _ in range(cores())]
+        for proc in procs:
+            proc.start()
+    try:
+        for _ in procs:
+            results.get(timeout=120)  # each is ready: imports done, images in memory, decoder warm
+        start.set()
+        rates = [results.get(timeout=seconds + 120) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+    return Rate(sum(r.images_per_s for r in rates), statistics.mean(r.images_per_cpu_s for r in rates))
+
+
+def _decode_loop(data: str, size: int, seconds: float, start, results) -> None:
+    blobs, decode = read_parquet_sample(data), project_decoder(size)
+    results.put(ceiling_rate(decode, blobs, 0.2))  # warm, and ready
+    start.wait()
+    one = ceiling_rate(decode, blobs, seconds)
+    results.put(Rate(one.images_per_s / cores(), one.images_per_cpu_s))
+
+
 def convert_checker(quality: int, max_side: int | None) -> Callable[[bytes], object]:
     """What ``data.convert`` does to each file's bytes: decode fully, check, keep or re-encode
     (:func:`data.images.try_rgb_jpeg`): the work its conversion ceiling counts."""

@@ -29,6 +29,7 @@ DESCRIPTIONS = {
     "decode_ceiling": "cores x one core decoding + transforming (raw_files' transforms)",
     "decode_ceiling_project": "cores x one core running the project's decode",
     "decode_ceiling_resized": "the same on the --max-side 256 conversion's images",
+    "decode_all_cores_resized": "the same, the cores decoding at once (what they deliver together)",
     CONVERT_CEILING: "cores x one core running data.convert's per-file check (full decode) on the same files",
 }
 

@@ -200,10 +200,14 @@ def _measure(opts: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opene
         if "project_resized" in openers:
             measure["decode_ceiling_resized"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size),
                                                         bm.read_parquet_sample(resized), opts.seconds)
+            measure["decode_all_cores_resized"] = partial(bm.all_cores_rate, resized, s.image_size, opts.seconds)
     paths = path_table(bm.median_rates(measure, opts.rounds, _log), bm.cores())
     result: dict[str, Any] = {"machine": _machine(), "paths": paths, "goals": [], "diagnostics": {}}
     if against is not None:
         result["against"] = ba.summary(against.revision, paths)
+    if "decode_all_cores_resized" in paths and "project_resized" in paths:
+        result["diagnostics"]["project_resized_to_decode_all_cores_resized"] = round(
+            paths["project_resized"]["images_per_s"] / paths["decode_all_cores_resized"]["images_per_s"], 3)
     if data:
         _log("timing the Petastorm reader alone ...")
         result["diagnostics"]["petastorm_reader_rows_per_s_one_process"] = round(

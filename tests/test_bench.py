@@ -15,7 +15,7 @@ from bench.run import main, parse_args, run
 from data.synthetic import generate
 
 CPU_PATHS = ("raw_files", "petastorm_converter", "project", "project_resized", "decode_ceiling", "decode_ceiling_project",
-             "decode_ceiling_resized")
+             "decode_ceiling_resized", "decode_all_cores_resized")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,8 @@ def test_every_cpu_path_has_positive_rates_and_consistent_ratios(result):
         assert p["images_per_s"] > 0 and p["images_per_cpu_s"] > 0, name
         assert p["ratio_to_raw_files"] == pytest.approx(p["images_per_s"] / base, rel=1e-2, abs=1e-3), name
         assert p["images_per_s_per_core"] == pytest.approx(p["images_per_s"] / cores, rel=1e-2, abs=0.1), name
+    assert res["diagnostics"]["project_resized_to_decode_all_cores_resized"] == pytest.approx(
+        paths["project_resized"]["images_per_s"] / paths["decode_all_cores_resized"]["images_per_s"], rel=1e-2)
     measured = {**res["conversion"], **paths}
     assert {"project >= 0.9x decode_ceiling_project", "project_resized >= 0.85x decode_ceiling_resized",
             "data.convert >= 0.5x convert_ceiling"} <= {
