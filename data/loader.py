@@ -115,8 +115,9 @@ class SlotRing:
 
 
 def _check_shared_memory(size: int) -> None:
-    """A one-line error when ``SHM_DIR`` cannot hold ``size`` more bytes: the ring would
-    otherwise end the rank with a bus error as it is first written."""
+    """A one-line error when ``SHM_DIR`` cannot hold ``size`` more bytes: torch's own
+    failure is a traceback ending in ``unable to allocate shared memory(shm) ... No space
+    left on device``, which names neither the loader nor the fix."""
     try:
         stat = os.statvfs(SHM_DIR)
     except OSError:  # no such folder here: shared memory lives elsewhere

@@ -179,9 +179,9 @@ def test_row_groups_read_as_petastorms_own_worker_reads_them(seven_groups, monke
 
 
 def test_shared_memory_too_small_for_the_ring_is_a_one_line_user_error(one_group, monkeypatch, tmp_path):
-    """A container's /dev/shm is 64 MiB unless given more: the ring would end the rank with
-    a bus error as it is first written, so the loader refuses first, saying what to do
-    (here the shared-memory folder is a real 1 MiB tmpfs)."""
+    """A container's /dev/shm is 64 MiB unless given more: torch would fail to make the ring
+    with a traceback that names neither the loader nor the fix, so the loader refuses
+    first, saying what to do (here the shared-memory folder is a real 1 MiB tmpfs)."""
     import data.loader
     from data.errors import UserError
     from tests.procs import tiny_disk
