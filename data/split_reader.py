@@ -129,8 +129,6 @@ class InlinePool:
 
     def stop(self) -> None:
         self._todo.clear()
-        if self._worker is not None:
-            self._worker.shutdown()  # closes the files it kept open
 
     def join(self) -> None:
         pass

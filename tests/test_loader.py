@@ -174,9 +174,6 @@ def test_row_groups_read_as_petastorms_own_worker_reads_them(seven_groups, monke
             assert images.tolist() == want.image.tolist() and images.dtype == object
             assert labels.dtype == np.int64 and labels.tolist() == want.label.tolist()
             assert paths.tolist() == want.path.tolist()
-        worker = reader._pool._worker
-        assert worker.__dict__.get("_open_files")
-    assert not worker.__dict__.get("_open_files")  # closed with the reader
     petastorm.stop()
     petastorm.join()
 
