@@ -28,7 +28,7 @@ from data.gpu_decode import model_input
 from data.loader import make_loader, open_split
 from data.rank_loaders import make_train_loader
 from data.synthetic import make_image
-from data.transforms import crop_resize, decode_crop, train_params
+from data.transforms import decode_crop, train_params
 from tests.parquet_sets import small_jpeg, write_data_set
 
 SIZE = 32  # crops of the 40x30 test images are < 2 x SIZE: the CPU path decodes at full size
@@ -163,8 +163,9 @@ def test_draft_mode_decode_of_a_large_crop_agrees_with_a_full_decode():
     data = buf.getvalue()
     box, size = (100, 80, 900, 700), 64  # 800x620 crop -> 64 px: Pillow decodes at 1/8 scale
     drafted = decode_crop(data, size, lambda w, h: (box, False))
-    full = crop_resize(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB),
-                       box, False, size)
+    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    full = torch.nn.functional.interpolate(pixels[None, :, box[1]:box[3], box[0]:box[2]], size=(size, size),
+                                           mode="bilinear", antialias=True)[0]  # uint8 in, uint8 out
     assert drafted.shape == full.shape == (3, size, size)
     assert (drafted.float() - full.float()).abs().mean() < 6.0
 
