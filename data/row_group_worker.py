@@ -6,12 +6,10 @@ once in ``piece.read``), then its results reader makes a pandas Series of every 
 before handing out numpy arrays. For whole row groups with no predicate, no cache and no
 transform none of that is needed: :class:`RowGroupWorker` keeps each file open with its
 footer parsed (a few files at a time) and reads the row group from it, through
-Petastorm's filesystem (HDFS, or S3 with the retry policy of :mod:`data.object_store`)
-or, for a local file, memory-mapped (Petastorm's local filesystem hands out Python file
-objects, through which Arrow copies every page twice: 7.9 us per resized image, mapped 2.2),
-and :class:`ColumnsOut` takes the columns straight from Arrow. The rows are the same (a
-unit test compares them with Petastorm's own worker's); a row group of 235 resized images
-(4.2 MB) read in 1.3 ms instead of Petastorm's 2.3 before the mapping, one of 43 full-size
+Petastorm's filesystem (local, HDFS, or S3 with the retry policy of
+:mod:`data.object_store`), and :class:`ColumnsOut` takes the columns straight from Arrow.
+The rows are the same (a unit test compares them with Petastorm's own worker's); a row
+group of 235 resized images (4.2 MB) reads in 1.3 ms instead of 2.3, one of 43 full-size
 512x384 images in 1.6 instead of 2.6 (median CPU time of one process, both readers
 alternating on the same row groups).
 """
@@ -21,9 +19,7 @@ import collections
 import time
 
 import numpy as np
-import pyarrow as pa
 from petastorm.arrow_reader_worker import ArrowReaderWorker
-from pyarrow.filesystem import LocalFileSystem
 from petastorm.workers_pool import EmptyResultError
 
 from data.manifest import COLUMNS
@@ -40,12 +36,10 @@ class RowGroupWorker(ArrowReaderWorker):
 
         piece = self._split_pieces[piece_index]
         files = self.__dict__.setdefault("_open_files", collections.OrderedDict())
-        if piece.path not in files:
+        if piece.path not in files:  # (HDFS and S3 paths alike: Petastorm's filesystem opens them)
             if len(files) >= OPEN_FILES:
                 files.popitem(last=False)[1].close()
-            local = isinstance(self._filesystem, LocalFileSystem)
-            files[piece.path] = pq.ParquetFile(pa.memory_map(piece.path) if local else
-                                               self._filesystem.open(piece.path, "rb"))
+            files[piece.path] = pq.ParquetFile(self._filesystem.open(piece.path, "rb"))
         files.move_to_end(piece.path)
         try:
             table = files[piece.path].read_row_group(piece.row_group, columns=list(COLUMNS))
