@@ -44,6 +44,9 @@ EVAL_RESIZE_RATIO = 224 / 256  # resize to size/ratio, then center-crop size
 Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
 
 
+_CROP_TRIES = 10  # torchvision's: boxes drawn before falling back to a centre crop
+
+
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[float, float, float, float]:
     """torchvision's RandomResizedCrop.get_params, returning a (left, top, right, bottom) box.
@@ -51,15 +54,15 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     the draw: 8 -> 2 us per image): ten tries of (area, aspect), then the corner."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    u = rng.random(22).tolist()
-    for i in range(0, 20, 2):
+    u = rng.random(2 * _CROP_TRIES + 2).tolist()
+    for i in range(0, 2 * _CROP_TRIES, 2):
         target = area * (scale[0] + (scale[1] - scale[0]) * u[i])
         aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[i + 1])
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            left = int(u[20] * (width - w + 1))
-            top = int(u[21] * (height - h + 1))
+            left = int(u[-2] * (width - w + 1))
+            top = int(u[-1] * (height - h + 1))
             return left, top, left + w, top + h
     in_ratio = width / height
     if in_ratio < ratio[0]:
