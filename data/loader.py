@@ -8,13 +8,15 @@ strides), ``labels`` int64 ``[B]``; normalise on the device
 :class:`data.gpu_decode.JpegBatch` (the JPEG bytes with the same crop boxes and flips).
 
 Hand-off. Each train worker decodes its parts of several consecutive steps (at least
-``GROUP_IMAGES`` images) straight into one buffer of a shared-memory ring made once by the
-rank (:class:`SlotRing`, ``RING_PREFETCH + 2`` buffers per worker) and sends only the
-buffer's number and the labels; the rank copies each step's parts into its batch (pinned
-when CUDA pins) and frees the buffer after its last step. No shared-memory file is made
-per batch, no file descriptor crosses a socket, one message carries many images, and a
-step costs the rank one copy. Eval batches and JPEG batches travel in per-batch shared
-memory.
+``GROUP_IMAGES`` images) straight into its rows of one buffer of a shared-memory ring made
+once by the rank (:class:`SlotRing`, ``RING_PREFETCH + 2`` buffers of whole batches) and
+sends only the buffer's number and the labels. The rank hands each step out as a view of
+the buffer, not a copy, and gives the buffer back to the workers once its last step is out
+and no batch viewing it is alive: a batch stays valid however long it is kept. While the
+caller keeps batches of ``RING_PREFETCH`` buffers, or when CUDA pins, batches are copied
+out instead (pinned). No shared-memory file is made per batch, no file descriptor crosses
+a socket and one message carries many images. Eval batches and JPEG batches travel in
+per-batch shared memory.
 
 Memory. A worker holds, beyond its fixed cost (code and imports, mostly pages shared with
 the fork server), for each stream it reads (train: the canonical streams it owns; eval:
@@ -23,16 +25,18 @@ as Python bytes) and the shuffle buffer (at most ``S`` plus one row group's rows
 encoded JPEG bytes); and its ring buffers. With ``G`` the largest row group's
 bytes, ``g`` its rows, ``r`` the largest encoded image, ``S`` ``shuffle_rows``
 (``DEFAULT_SHUFFLE_ROWS`` unless given, at least a stream's rows per step; eval: the
-batch size), ``p`` a worker's rows per step (the rank's batch ``B`` / workers), ``k =
-ceil(GROUP_IMAGES / p)`` and ``s`` the output side, a rank's loader holds at most::
+batch size), ``p`` the most rows a worker gives a step (the rank's batch ``B`` / workers
+when they divide it), ``k = ceil(GROUP_IMAGES / p)`` and ``s`` the output side, a rank's
+loader holds at most::
 
-    streams x (2 x G + (S + g) x r) + workers x (RING_PREFETCH + 2) x k x p x 3 x s x s
+    streams x (2 x G + (S + g) x r) + (RING_PREFETCH + 2) x k x B x 3 x s x s
 
 (eval: ``workers x PREFETCH x B x 3 x s x s`` in flight instead of the ring), with
 ``streams`` = ``C / world_size`` for train and ``workers`` for eval, whatever the
 split's length or the number of passes (``tests/test_loader_memory.py`` holds a worker
 to it). A run resumed on fewer ranks owns more streams per rank, and holds more. From
-S3, add s3fs's read-ahead (:mod:`data.object_store`).
+S3, add s3fs's read-ahead (:mod:`data.object_store`). A kept train batch keeps the whole
+ring in memory, after ``close()`` too.
 
 ``SPARKDP_RECORD_PATHS=DIR`` makes every train worker append its part of each step to
 ``DIR/<pid>.jsonl`` (``{"epoch", "step", "stream", "paths"}``): the sample order as the
@@ -48,6 +52,7 @@ import math
 import multiprocessing.connection
 import os
 import time
+import weakref
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -86,32 +91,36 @@ class Slot(NamedTuple):
 
 
 class SlotRing:
-    """Shared memory for train parts, made once by the rank and inherited by its workers:
-    per worker ``slots`` buffers, each ``steps`` consecutive steps of ``rows`` HWC images,
-    and the count of buffers the rank is done with. Worker ``w`` fills its ``j``-th buffer
-    in slot ``j % slots`` once its buffer ``j - slots`` is done; with at most
-    ``RING_PREFETCH`` messages asked of a worker at once, ``RING_PREFETCH + 2`` slots never
-    make it wait."""
+    """Shared memory for train batches, made once by the rank and inherited by its workers:
+    ``slots`` buffers, each ``steps`` consecutive whole batches of HWC images, worker ``w``
+    writing rows ``offsets[w]:offsets[w + 1]`` of each batch. Every worker's ``j``-th
+    message fills the same buffer: the slot the rank gave buffer ``j``, kept with ``j`` in
+    one word (``given[j % slots]``) so a worker never reads a half-made promise. The rank
+    gives a slot to the next buffer as it frees it (:meth:`free`): at first buffer ``j``
+    takes slot ``j``."""
 
-    def __init__(self, workers: int, steps: int, rows: int, size: int, slots: int = RING_PREFETCH + 2):
-        self.slots, self.steps = slots, steps
-        shape = (workers, slots, steps, rows, size, size, 3)
+    def __init__(self, offsets: list[int], steps: int, size: int, slots: int = RING_PREFETCH + 2):
+        self.slots, self.steps, self.offsets = slots, steps, offsets
+        shape = (slots, steps, offsets[-1], size, size, 3)
         _check_shared_memory(math.prod(shape))
         self.images = torch.empty(shape, dtype=torch.uint8).share_memory_()
-        self.done = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        self.given = torch.tensor([j * _SLOT_BASE + j for j in range(slots)]).share_memory_()
+        self._next = slots  # in the rank: the next buffer to give a slot
 
     def slot(self, worker: int, group: int) -> tuple[int, torch.Tensor]:
-        """In a worker: the slot for its ``group``-th buffer, once free, and the buffer."""
-        while group - int(self.done[worker]) >= self.slots:
-            time.sleep(0.001)  # the rank is not done with buffer group - slots yet
-        return group % self.slots, self.images[worker, group % self.slots]
+        """In a worker: the slot of its ``group``-th buffer, once given, and its rows of it."""
+        while (word := int(self.given[group % self.slots])) // _SLOT_BASE != group:
+            time.sleep(0.001)  # the rank has not freed a slot for it yet
+        slot = word % _SLOT_BASE
+        return slot, self.images[slot, :, self.offsets[worker]:self.offsets[worker + 1]]
 
-    def take(self, part: Slot, step: int, out: np.ndarray) -> None:
-        """In the rank: copy step ``step`` of ``part`` into ``out`` (HWC rows); the buffer's
-        last step frees it."""
-        np.copyto(out, self.images[part.worker, part.slot, step, :part.rows].numpy())
-        if step == self.steps - 1:
-            self.done[part.worker] += 1
+    def free(self, slot: int) -> None:
+        """In the rank: ``slot`` is done with; the next buffer fills it."""
+        self.given[self._next % self.slots] = self._next * _SLOT_BASE + slot
+        self._next += 1
+
+
+_SLOT_BASE = 1 << 16  # given[j % slots] = j * _SLOT_BASE + slot
 
 
 def _check_shared_memory(size: int) -> None:
@@ -169,10 +178,12 @@ class ParquetImages(IterableDataset):
         """Loader workers to start: train streams are owned whole, so at most one per stream."""
         return min(workers, self.streams // self.world_size) if self.train else workers
 
-    def part_rows(self, workers: int) -> int:
-        """The most rows one worker's part of a train step holds: its streams are a contiguous
-        run of the rank's (:func:`data.order.worker_streams`), at most ceil(streams / workers)."""
-        return -(-(self.streams // self.world_size) // workers) * self.stream_rows
+    def part_offsets(self, workers: int) -> list[int]:
+        """Where each worker's part of a train step starts in the rank's batch, and its end:
+        a worker's streams are a contiguous run of the rank's (:func:`data.order.worker_streams`)."""
+        starts = [worker_streams(self.streams, self.world_size, self.rank, w, workers)[0] for w in range(workers)]
+        first = starts[0]
+        return [(start - first) * self.stream_rows for start in starts] + [self.batch_size]
 
     def _stream(self, stream: int, reader: RowGroupReader) -> Iterator[tuple]:
         """Train stream ``stream``: its rows for each step of the epoch, from step 0."""
@@ -265,10 +276,13 @@ class Batches:
         self._parts = workers if dataset.train and workers > 1 else 1
         self._pin = pin_memory and torch.cuda.is_available()
         if dataset.train and workers and dataset.decode == "cpu":
-            rows = dataset.part_rows(workers)
-            dataset.ring = SlotRing(workers, -(-GROUP_IMAGES // rows), rows, dataset.image_size)
+            offsets = dataset.part_offsets(workers)
+            part = max(b - a for a, b in zip(offsets, offsets[1:]))
+            dataset.ring = SlotRing(offsets, -(-GROUP_IMAGES // part), dataset.image_size)
         self._group: list = []  # the ring's messages of the steps being handed out, one per worker
         self._step = 0  # the next step of them
+        self._views: list = []  # weak references to the batches handed out of their buffer
+        self._held: list = []  # (slot, views) of buffers handed out whole that batches still view
         # Our own generator: otherwise each new iterator draws its worker seed from the global
         # torch RNG, shifting dropout masks etc. between a resumed and an uninterrupted run.
         init = functools.partial(wp.worker_init, os.environ.get(wp.STACKS_DIR_ENV), dataset.rank, os.getpid())
@@ -332,19 +346,30 @@ class Batches:
         return None
 
     def _from_ring(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ring, size = self.dataset.ring, self.dataset.image_size
+        """The next step of the ring's buffer, as a view of it: the buffer is freed once its
+        last step is handed out and no batch viewing it is alive. A copy instead when CUDA
+        pins, or while buffers the caller still views leave the workers too few."""
+        ring = self.dataset.ring
+        for slot, views in list(self._held):
+            if not any(view() is not None for view in views):
+                self._held.remove((slot, views))
+                ring.free(slot)
         if not self._group:
-            self._group, self._step = [next(self._it) for _ in range(self._parts)], 0
-        out = torch.empty((self.dataset.batch_size, size, size, 3), dtype=torch.uint8, pin_memory=self._pin)
-        rows, at = out.numpy(), 0
-        for part, _ in self._group:
-            ring.take(part, self._step, rows[at:at + part.rows])
-            at += part.rows
+            self._group, self._step, self._views = [next(self._it) for _ in range(self._parts)], 0, []
+        slot = self._group[0][0].slot
+        step = ring.images[slot, self._step].numpy()  # a new array, alive while a view of it is
+        if self._pin or len(self._held) >= ring.slots - 2:  # a view: held + this buffer <= slots - 1
+            images = torch.empty(step.shape, dtype=torch.uint8, pin_memory=self._pin)
+            np.copyto(images.numpy(), step)
+        else:
+            images = torch.from_numpy(step)
+            self._views.append(weakref.ref(step))
         labels = np.concatenate([labels[self._step] for _, labels in self._group])
         self._step += 1
         if self._step == ring.steps:
+            self._held.append((slot, self._views))
             self._group = []
-        return out.permute(0, 3, 1, 2), self._labels(labels)
+        return images.permute(0, 3, 1, 2), self._labels(labels)
 
     def _labels(self, labels: np.ndarray) -> torch.Tensor:
         labels = torch.from_numpy(labels)

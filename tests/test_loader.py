@@ -119,31 +119,59 @@ def test_more_train_streams_than_rows_is_a_one_line_user_error(one_group):
     assert "too few rows" in message and "\n" not in message and "Traceback" not in message
 
 
-def test_train_parts_travel_through_a_shared_ring_that_waits_for_the_rank():
-    """A worker decodes its parts of consecutive steps straight into a buffer of shared
-    memory the rank made once; the rank copies each step out, and the last one frees the
-    buffer; a worker that runs a whole ring ahead waits for that."""
+def test_ring_buffers_go_to_the_workers_in_the_order_the_rank_frees_them():
+    """Every worker fills its rows of the same buffer for its j-th message; a worker a whole
+    ring ahead waits until the rank frees a buffer, and takes whichever it frees first."""
     import threading
 
-    from data.loader import Slot, SlotRing
+    from data.loader import SlotRing
     from data.transforms import decode_batch
     from tests.sample_images import encode, noise
 
     jpeg = encode(noise(16, 12, seed=1), "JPEG")
     whole = lambda w, h: ((0, 0, w, h), False)  # noqa: E731
-    ring = SlotRing(workers=1, steps=2, rows=2, size=8, slots=2)
-    assert ring.images.is_shared() and ring.done.is_shared()
-    slot, buffer = ring.slot(0, 0)
-    decoded = decode_batch([jpeg, jpeg], 8, whole, out=buffer[1])
-    assert torch.equal(decoded, decode_batch([jpeg, jpeg], 8, whole)) and decoded.data_ptr() == buffer[1].data_ptr()
-    ring.slot(0, 1)  # a second buffer: the ring has room
-    first, second = np.zeros((2, 8, 8, 3), dtype=np.uint8), np.zeros((2, 8, 8, 3), dtype=np.uint8)
-    ring.take(Slot(0, slot, 2), 0, first)  # step 0 of buffer 0: not free yet
-    threading.Timer(0.3, ring.take, (Slot(0, slot, 2), 1, second)).start()
+    ring = SlotRing([0, 2, 3], steps=2, size=8, slots=2)  # two workers: rows 0-1 and row 2 of each step
+    assert ring.images.is_shared() and ring.given.is_shared()
+    assert [ring.slot(w, j)[0] for j in range(2) for w in range(2)] == [0, 0, 1, 1]
+    slot, rows = ring.slot(1, 0)
+    decoded = decode_batch([jpeg], 8, whole, out=rows[1])
+    assert torch.equal(decoded, decode_batch([jpeg], 8, whole)) and rows.shape[:2] == (2, 1)
+    assert decoded.data_ptr() == ring.images[slot, 1, 2].data_ptr()
+    threading.Timer(0.3, ring.free, (1,)).start()  # buffer 1's slot, before buffer 0's
     started = time.perf_counter()
-    assert ring.slot(0, 2)[0] == slot  # buffer 2 reuses buffer 0's slot, once its last step is copied
+    assert ring.slot(0, 2)[0] == 1 and ring.slot(1, 2)[0] == 1
     assert time.perf_counter() - started >= 0.25
-    assert np.array_equal(second, decoded.permute(0, 2, 3, 1).numpy())
+    ring.free(0)
+    assert ring.slot(0, 3)[0] == 0
+
+
+@pytest.mark.parametrize("streams", [2, 3])  # 3: worker 0 has one stream, worker 1 two
+def test_train_batches_are_views_of_the_ring_that_stay_valid_however_long_they_are_kept(seven_groups, monkeypatch,
+                                                                                       streams):
+    """A train batch is handed out as a view of the workers' shared ring, not copied out
+    of it; its buffer goes back to the workers only once no batch views it, so a kept batch
+    stays valid. Batches kept by the caller come out as copies once the buffers they view
+    would leave the workers too few. The pixels are those of a loader without workers."""
+    import data.loader
+
+    data_dir, manifest = seven_groups
+    parquet = open_split(data_dir, "train", manifest)
+    monkeypatch.setattr(data.loader, "GROUP_IMAGES", 2 * streams)  # a buffer: 2 or 4 steps
+    options = dict(batch_size=2 * streams, image_size=8, train=True, seed=5, epoch=1, shuffle_rows=16, rank=0,
+                   world_size=1, streams=streams)
+    with make_loader(parquet, workers=2, **options) as batches:
+        ring = batches.dataset.ring
+        steps = ring.slots * ring.steps * 3  # three times round the ring
+        start, end = ring.images.data_ptr(), ring.images.data_ptr() + ring.images.numel()
+        viewed = [start <= x.data_ptr() < end for x, _ in itertools.islice(batches, steps)]  # each dropped
+        kept = [(x, x.clone(), y) for x, y in itertools.islice(batches, steps)]
+    assert all(viewed)
+    assert all(torch.equal(x, at_the_time) for x, at_the_time, _ in kept)
+    views = (ring.slots - 2) * ring.steps  # then the workers would be left one buffer
+    assert [start <= x.data_ptr() < end for x, _, _ in kept] == [True] * views + [False] * (steps - views)
+    with make_loader(parquet, workers=0, skip_batches=steps, **options) as batches:
+        without_workers = list(itertools.islice(batches, steps))
+    assert same([(x, y) for x, _, y in kept], without_workers)
 
 
 def test_row_groups_read_as_petastorms_own_worker_reads_them(seven_groups, monkeypatch):
