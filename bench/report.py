@@ -72,7 +72,8 @@ def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = Non
             cpu = measured[name].get("images_per_cpu_s"), measured[ref].get("images_per_cpu_s")
             checks.append({"goal": f"{name} >= {minimum:g}x {ref}", "kind": "ratio", "name": name, "reference": ref,
                            "minimum": minimum, "ratio": ratio, "met": ratio >= minimum,
-                           "cpu_efficiency_ratio": round(cpu[0] / cpu[1], 3) if all(cpu) else None})
+                           "cpu_efficiency_ratio": round(cpu[0] / cpu[1], 3) if all(cpu) else None,
+                           "round_ratios": _round_ratios(measured[name], measured[ref])})
     for name, minimum in CORE_GOALS:
         if cores and paths.get(name, {}).get("cpu_cores_used"):
             share = round(paths[name]["cpu_cores_used"] / cores, 3)
@@ -85,6 +86,16 @@ def goal_checks(paths: dict[str, dict], conversion: dict[str, dict] | None = Non
             checks.append({"goal": f"{name} >= {minimum:g}", "kind": "diagnostic", "name": name, "reference": None,
                            "minimum": minimum, "ratio": ratio, "met": ratio >= 1, "cpu_efficiency_ratio": None})
     return checks
+
+
+def _round_ratios(path: dict, ref: dict) -> list[float] | None:
+    """The ratio round by round (the goal's ratio is of medians taken path by path): paths
+    measured in one round share that round's background load, so these show how much of a
+    goal's distance from its minimum is the machine moving between rounds."""
+    rounds = path.get("rounds"), ref.get("rounds")
+    if not all(rounds) or len(rounds[0]) != len(rounds[1]) or not all(rounds[1]):
+        return None
+    return [round(a / b, 3) for a, b in zip(*rounds)]
 
 
 def mark_train_goal(steps: dict) -> dict:
@@ -107,7 +118,8 @@ def format_table(result: dict) -> str:
                      f"{'' if used is None else f'{used:.2f}':>12}  {p['description']}")
     for g in result["goals"]:
         cpu = "" if g["cpu_efficiency_ratio"] is None else f"(per CPU-s: {g['cpu_efficiency_ratio']:.2f}x)"
-        lines.append(f"goal {g['goal']:<44} {g['ratio']:.3f}x  {'met' if g['met'] else 'NOT met':<8}{cpu}")
+        rounds = "" if not g.get("round_ratios") else "  rounds: " + " ".join(f"{r:.2f}" for r in g["round_ratios"])
+        lines.append(f"goal {g['goal']:<44} {g['ratio']:.3f}x  {'met' if g['met'] else 'NOT met':<8}{cpu}{rounds}")
     if result.get("against"):
         v = result["against"]
         cpu = "" if v["ratio_per_cpu_s"] is None else f"  (per CPU-s: {v['ratio_per_cpu_s']:.2f}x)"
