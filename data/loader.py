@@ -53,7 +53,7 @@ import multiprocessing.connection
 import os
 import time
 import weakref
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -81,13 +81,6 @@ DECODE_MODES = ("cpu", "gpu")  # gpu: batches of JPEG bytes, see data.gpu_decode
 RECORD_PATHS_ENV = "SPARKDP_RECORD_PATHS"  # set: train workers log each step's paths there (module docstring)
 
 __all__ = ["Batches", "ParquetImages", "ParquetSplit", "inspect_split", "make_loader", "open_split", "PREFETCH"]
-
-
-class Slot(NamedTuple):
-    """Decoded parts waiting in the ring: ``slot`` of ``worker``, ``rows`` images a step."""
-    worker: int
-    slot: int
-    rows: int
 
 
 class SlotRing:
@@ -214,7 +207,7 @@ class ParquetImages(IterableDataset):
     def _train_parts(self, sources: list, streams: range, worker: int):
         """This worker's part of each step, from step ``skip_batches`` on (the rows of the
         steps before are taken, not decoded). With a ring, ``ring.steps`` consecutive steps
-        fill one buffer and travel as one message: (Slot, labels [steps, rows])."""
+        fill one buffer and travel as one message: (its slot, labels [steps, rows])."""
         taken = ((step, [next(source) for source in sources]) for step in itertools.count())
         todo = itertools.islice(taken, self.skip_batches, None)
         if self.ring is None:
@@ -225,7 +218,7 @@ class ParquetImages(IterableDataset):
             slot, buffer = self.ring.slot(worker, group)
             labels = [self._train_step(step, step_parts, streams, buffer[i])[1]
                       for i, (step, step_parts) in enumerate(itertools.islice(todo, self.ring.steps))]
-            yield Slot(worker, slot, len(labels[0])), np.stack(labels)
+            yield slot, np.stack(labels)
 
     def _train_step(self, step: int, step_parts: list, streams: range, out: torch.Tensor | None = None):
         """(images, labels) of this worker's part of ``step``: decoded (into ``out`` when given)
@@ -356,7 +349,7 @@ class Batches:
                 ring.free(slot)
         if not self._group:
             self._group, self._step, self._views = [next(self._it) for _ in range(self._parts)], 0, []
-        slot = self._group[0][0].slot
+        slot = self._group[0][0]  # every worker's message names the same buffer
         step = ring.images[slot, self._step].numpy()  # a new array, alive while a view of it is
         if self._pin or len(self._held) >= ring.slots - 2:  # a view: held + this buffer <= slots - 1
             images = torch.empty(step.shape, dtype=torch.uint8, pin_memory=self._pin)
