@@ -197,16 +197,22 @@ def read_parquet_sample(data: str, limit: int = 256) -> list[bytes]:
     return table.column("image").to_pylist()
 
 
-def median_rates(measure: dict[str, Callable[[], Rate]], rounds: int,
+def median_rates(measure: list[tuple[str, Callable[[], Rate]]], rounds: int,
                  log: Callable[[str], None] = lambda _: None) -> dict[str, dict]:
-    """Run every measurement once per round, interleaved; keep each one's medians and rounds."""
-    runs: dict[str, list[Rate]] = {name: [] for name in measure}
+    """Run every measurement once per round, in the order given, interleaved; keep each one's
+    medians and rounds. A name given twice is measured in parts (a ceiling's halves before and
+    after its path) whose rates are averaged per round."""
+    runs: dict[str, list[Rate]] = {name: [] for name, _ in measure}
     for r in range(rounds):
-        for name, fn in measure.items():
+        parts: dict[str, list[Rate]] = {name: [] for name, _ in measure}
+        for name, fn in measure:
             rate = fn()
-            runs[name].append(rate)
+            parts[name].append(rate)
             log(f"round {r + 1}/{rounds}  {name:<22} {rate.images_per_s:8.1f} images/s "
                 f"{rate.images_per_cpu_s:8.1f} per CPU-s")
+        for name, rates in parts.items():
+            runs[name].append(Rate(statistics.mean(x.images_per_s for x in rates),
+                                   statistics.mean(x.images_per_cpu_s for x in rates)))
     return {name: {"images_per_s": statistics.median(x.images_per_s for x in v),
                    "images_per_cpu_s": statistics.median(x.images_per_cpu_s for x in v),
                    "rounds": [x.images_per_s for x in v]} for name, v in runs.items()}

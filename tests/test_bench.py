@@ -80,6 +80,32 @@ def test_goals_show_their_ratio_round_by_round():
     assert format_table({"paths": {}, "goals": [goal]}).endswith("0.722x  NOT met   rounds: 0.70 0.88 0.92")
 
 
+def test_each_goal_ceiling_is_measured_in_halves_around_its_path_in_every_round():
+    """The ceiling of a path's goal is timed just before and just after that path (the
+    machine's load drifts over tens of seconds), its halves averaged; other ceilings whole."""
+    from bench.measure import Rate, median_rates
+    from bench.run import _round_order
+
+    calls = []
+
+    def fake(name, rates):
+        rates = iter(rates)
+        return lambda *seconds: calls.append((name, *seconds)) or Rate(next(rates), 1.0)
+
+    measure = {"raw_files": fake("raw_files", [10, 20]), "project_resized": fake("project_resized", [30, 60])}
+    ceilings = {"decode_ceiling": fake("decode_ceiling", [40, 80]),
+                "decode_ceiling_project": fake("decode_ceiling_project", [50, 50]),
+                "decode_ceiling_resized": fake("decode_ceiling_resized", [60, 100, 80, 120])}
+    rates = median_rates(_round_order(measure, ceilings, 5.0), rounds=2)
+    assert calls[:6] == [("raw_files",), ("decode_ceiling_resized", 2.5), ("project_resized",),
+                         ("decode_ceiling_resized", 2.5), ("decode_ceiling", 5.0), ("decode_ceiling_project", 5.0)]
+    assert calls[6:] == calls[:6]  # the second round, in the same order
+    assert rates["decode_ceiling_resized"]["rounds"] == [80, 100]  # each round's halves averaged
+    assert rates["decode_ceiling_resized"]["images_per_s"] == 90 and rates["project_resized"]["rounds"] == [30, 60]
+    assert list(rates) == ["raw_files", "decode_ceiling_resized", "project_resized", "decode_ceiling",
+                           "decode_ceiling_project"]
+
+
 def test_conversion_speeds_chart_and_train_steps_are_reported(result):
     res, root = result
     conv = res["conversion"]
