@@ -196,7 +196,8 @@ def _measure(opts: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opene
     if "decode_ceiling" in opts.paths:
         blobs = bm.read_sample(opts.images)
         ceilings["decode_ceiling"] = partial(bm.ceiling_rate, bm.reference_decoder(s.image_size), blobs)
-        ceilings["decode_ceiling_project"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size), blobs)
+        stored = bm.read_parquet_sample(data) if data else blobs  # the images the project path decodes
+        ceilings["decode_ceiling_project"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size), stored)
         if "project_resized" in openers:
             ceilings["decode_ceiling_resized"] = partial(bm.ceiling_rate, bm.project_decoder(s.image_size),
                                                          bm.read_parquet_sample(resized))
