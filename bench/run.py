@@ -189,9 +189,11 @@ def _measure(opts: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opene
              resized: str | None, against: ba.Measurement | None = None) -> dict[str, Any]:
     """The paths, the ceilings and ``against`` (another revision's project path), in interleaved rounds."""
     warmup_batches, warmup_s = 2 * max(1, s.workers), min(3.0, max(0.5, opts.seconds / 4))
-    measure = {name: partial(bm.stream_rate, fn, opts.seconds, warmup_batches, warmup_s) for name, fn in openers.items()}
-    if against is not None:
-        measure[against.revision.path] = against
+    measure = {}
+    for name, fn in openers.items():
+        measure[name] = partial(bm.stream_rate, fn, opts.seconds, warmup_batches, warmup_s)
+        if name == "project" and against is not None:  # right after the path it is compared with
+            measure[against.revision.path] = against
     ceilings: dict[str, Callable[[float], bm.Rate]] = {}
     if "decode_ceiling" in opts.paths:
         blobs = bm.read_sample(opts.images)

@@ -202,13 +202,15 @@ def test_against_a_revision_measures_its_project_path_in_the_same_rounds(tmp_pat
     images = str(tmp_path / "images")
     generate(images, classes=3, per_class=8, width=96, height=72, seed=1, progress=False)
     write_data_set(str(tmp_path / "data"), row_groups=2)
-    res = run(parse_args(["--images", images, "--data", str(tmp_path / "data"), "--out-json",
-                          str(tmp_path / "out.json"), "--paths", "project", "--against", "HEAD", "--seconds", "1",
+    res = run(parse_args(["--images", images, "--data", str(tmp_path / "data"), "--data-resized", str(tmp_path / "data"),
+                          "--out-json", str(tmp_path / "out.json"), "--paths", "project,project_resized",
+                          "--against", "HEAD", "--seconds", "1",
                           "--rounds", "1", "--batch-size", "4", "--image-size", "32", "--workers", "1",
                           "--work", str(tmp_path / "work")]))
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     old, new = res["paths"]["project@HEAD"], res["paths"]["project"]
     assert old["images_per_s"] > 0 and old["images_per_cpu_s"] > 0 and len(old["rounds"]) == 1
+    assert list(res["paths"]) == ["project", "project@HEAD", "project_resized"]  # timed right after project
     assert res["against"]["commit"] == head and res["against"]["rev"] == "HEAD"
     assert res["against"]["ratio"] == pytest.approx(new["images_per_s"] / old["images_per_s"], rel=1e-2)
     assert res["against"]["ratio_per_cpu_s"] > 0
