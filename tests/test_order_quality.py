@@ -39,3 +39,46 @@ def test_a_small_shuffle_buffer_shows_as_a_poorly_mixed_order(data_set):
     mixed = order_numbers(data_set)["loader"]["mean"]
     assert loader["row_groups_per_batch"] < 0.6 * mixed["row_groups_per_batch"], (loader, mixed)
     assert loader["mates_again"] > mixed["mates_again"], (loader, mixed)
+
+
+def test_the_full_shuffle_baseline_draws_one_uniform_order_per_epoch_shared_by_the_ranks(data_set, tmp_path):
+    """``bench.full_shuffle_train``, the accuracy table's baseline: global step ``t`` of an
+    epoch is rows ``t*B .. (t+1)*B`` of one permutation of the whole split, each rank its
+    slice, decoded with the trainer's decode; and it runs as ``trainer.train`` does."""
+    import functools
+
+    import numpy as np
+    import torch
+
+    from bench.full_shuffle_train import epoch_permutation, make_full_shuffle_loader
+    from data.loader import open_split
+    from data.transforms import decode_batch, train_params
+    from tests.conftest import TRAIN_SMALL
+    from tests.procs import ok, run, summary_of
+
+    parquet = open_split(data_set, "train")
+    table = parquet.dataset().to_table(columns=["image", "label"])
+    images, labels = np.array(table.column("image").to_pylist(), dtype=object), table.column("label").to_numpy()
+    perms = []
+    for epoch in (0, 1):
+        perm = epoch_permutation(parquet.rows, 0, epoch)
+        assert sorted(perm) == list(range(parquet.rows))
+        perms.append(perm)
+        got = {}
+        for rank in (0, 1):
+            with make_full_shuffle_loader(parquet, batch_size=8, image_size=16, epoch=epoch, rank=rank,
+                                          world_size=2) as batches:
+                got[rank] = list(batches)
+        assert len(got[0]) == len(got[1]) == parquet.rows // 16
+        for t, ((x0, y0), (x1, y1)) in enumerate(zip(got[0], got[1])):
+            rows = perm[16 * t:16 * (t + 1)]
+            assert torch.cat([y0, y1]).tolist() == labels[rows].tolist()
+            for rank, x in ((0, x0), (1, x1)):
+                rng = np.random.default_rng([0, epoch, rank, t, 7])
+                assert torch.equal(x, decode_batch(images[rows[8 * rank:8 * (rank + 1)]], 16,
+                                                   functools.partial(train_params, rng=rng)))
+    assert perms[0].tolist() != perms[1].tolist()  # a fresh permutation each epoch
+    out = str(tmp_path / "run")
+    ok(run("bench.full_shuffle_train", "--data", data_set, "--out", out, *TRAIN_SMALL))
+    summary = summary_of(out)
+    assert summary["steps"] == 3 and summary["val_count"] == 12  # exact validation, as the trainer does
