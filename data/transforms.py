@@ -176,8 +176,8 @@ def decode_batch(raw: Sequence[bytes], size: int, params: Callable[[int, int], t
     into ``out`` (uint8 ``[B, size, size, 3]``, e.g. in shared memory) when given."""
     if out is None:
         out = torch.empty((len(raw), size, size, 3), dtype=torch.uint8)
-    for i, data in enumerate(raw):
-        decode_into(data, size, params, out[i])
+    for data, image in zip(raw, out.unbind(0), strict=True):  # one call for the views, not one per image
+        decode_into(data, size, params, image)
     return out.permute(0, 3, 1, 2)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data.errors import UserError
-from data.order import (batches_of, check_streams, default_streams, mixed_rows, pass_order, row_ranges,
+from data.order import (augment_rng, batches_of, check_streams, default_streams, mixed_rows, pass_order, row_ranges,
                         worker_streams)
 
 def test_row_ranges_give_every_row_once_in_parts_equal_to_one_row():
@@ -65,3 +65,12 @@ def test_the_shuffle_buffer_gives_each_row_once_mixed_and_empties_at_the_end_of_
 def test_batches_are_cut_across_blocks_and_the_last_may_be_partial():
     sizes = [len(labels) for _, labels, _ in batches_of([block(0, 5), block(5, 2), block(7, 8)], 4)]
     assert sizes == [4, 4, 4, 3]
+
+
+def test_each_stream_step_draws_its_own_crops_the_same_every_time():
+    """Same (seed, epoch, stream, step): the same draws; any of them changed: other draws,
+    none shared with the first 1,000 of the original (the counters never overlap)."""
+    first = augment_rng(3, 1, 2, 40).random(1000)
+    assert np.array_equal(first, augment_rng(3, 1, 2, 40).random(1000))
+    for other in [(4, 1, 2, 40), (3, 2, 2, 40), (3, 1, 3, 40), (3, 1, 2, 41), (3, 0, 2, 40), (0, 1, 2, 40)]:
+        assert not set(augment_rng(*other).random(1000)) & set(first), other
