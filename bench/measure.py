@@ -189,10 +189,11 @@ def read_sample(images: str, limit: int = 256) -> list[bytes]:
 
 
 # Stored images a decode ceiling cycles through: the train split itself up to this many. The
-# first 256 rows of the 3,000-image set's resized train split (2,100 rows) decoded 2.6% faster
-# than all of it (373 vs 383 us per image, median of 8 alternating passes on one core), which
-# raised that ceiling above what the loader's images cost; on the 600-image set (420 rows)
-# they cost the same (375 vs 373 us).
+# first 256 rows of the 3,000-image set's resized train split (2,100 rows), cycled, decoded
+# 2.6% faster than all of it in a shuffled order (373 vs 383 us per image, median of 8
+# alternating passes on one core: the images' own cost and their bytes no longer all in the
+# cache, as in the loader), which raised that ceiling above what the loader's images cost; on
+# the 600-image set (420 rows) they cost the same (375 vs 373 us).
 DECODE_SAMPLE = 2048
 
 
