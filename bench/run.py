@@ -30,7 +30,7 @@ from bench import against as ba
 from bench import measure as bm
 from bench import paths as bp
 from bench.options import RESIZED_SIDE, BenchOptions, parse_args
-from bench.report import CONVERT_CEILING, DESCRIPTIONS, goal_checks, mark_train_goal, path_table, write_outputs
+from bench.report import CONVERT_CEILING, DESCRIPTIONS, GOALS, goal_checks, mark_train_goal, path_table, write_outputs
 from data.images import DEFAULT_QUALITY
 from data.errors import UserError, cli
 from data.manifest import Manifest
@@ -231,8 +231,8 @@ def _measure(opts: BenchOptions, s: bp.PathSettings, openers: dict[str, bm.Opene
     return result
 
 
-# The path each goal's decode ceiling is measured around, within a round (bench.report.GOALS).
-CEILING_OF = {"project": "decode_ceiling_project", "project_resized": "decode_ceiling_resized"}
+# The path each goal's decode ceiling is measured around, within a round: the goals' own pairs.
+CEILING_OF = {name: ref for name, ref, _ in GOALS if ref.startswith("decode_ceiling")}
 
 
 def _round_order(measure: dict[str, Callable[[], bm.Rate]], ceilings: dict[str, Callable[[float], bm.Rate]],
