@@ -1,15 +1,15 @@
 """Loader worker processes: how they start, how they end, how a hung one is seen.
 
 Workers are started by a ``forkserver``, never forked from the rank itself: a rank runs
-other threads (the step heartbeat, gloo's, Arrow's, the queues' feeders), and a process
-forked while another thread holds a lock (malloc's, the import lock, a C library's) can
-wait for that lock forever in the child. The fork server is a single-threaded process
-started once per rank with the loader and Petastorm already imported, so starting
-workers for every epoch and validation stays cheap; workers do not re-run the caller's
-script (:func:`main_hidden`), so a script without an ``if __name__ == "__main__":``
-guard works. Each worker ends with the rank that owns it (:func:`worker_init`), and on
-``SIGUSR1`` writes its threads' stacks where ``SPARKDP_STACKS_DIR`` says (the trainer's
-hang watchdog sends it to :func:`live_workers`).
+other threads (the step heartbeat, gloo's, Arrow's), and a process forked while another
+thread holds a lock (malloc's, the import lock, a C library's) can wait for that lock
+forever in the child. The fork server is a single-threaded process started once per rank
+with the loader and Petastorm already imported, so starting workers for every epoch and
+validation stays cheap; workers do not re-run the caller's script (:func:`main_hidden`),
+so a script without an ``if __name__ == "__main__":`` guard works. Each worker ends with
+the rank that owns it (:func:`worker_init`), and on ``SIGUSR1`` writes its threads' stacks
+where ``SPARKDP_STACKS_DIR`` says (the trainer's hang watchdog sends it to
+:func:`live_workers`).
 
 A worker that dies (the OOM killer's SIGKILL) or freezes must not leave its rank with a
 raw DataLoader traceback or waiting until a collective times out: the rank names the
@@ -21,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import multiprocessing
+import multiprocessing.queues
+import multiprocessing.reduction
 import os
+import queue
 import signal
 import sys
 import threading
@@ -30,22 +33,52 @@ import types
 import weakref
 from typing import Iterator
 
-WORKER_START = "forkserver"
 STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
 PRELOAD = ["data.loader", "petastorm", "petastorm.reader", "petastorm.arrow_reader_worker"]  # every worker's imports
+
+
+class _PipeQueue(multiprocessing.queues.SimpleQueue):
+    """The DataLoader's queues (requests to a worker, its batches back) without
+    ``multiprocessing.Queue``'s feeder thread: ``put`` pickles and writes to the pipe itself.
+    A feeder thread woke for every message and took the GIL from the sender's main thread
+    (in the rank ~12 futex calls per message); the messages are small (a request; a ring
+    slot and its labels; a shared-memory handle) and the DataLoader keeps a few in flight,
+    so the pipe never fills and ``put`` never waits. Each queue has one reader (a worker, or
+    the rank's main or pin-memory thread), so ``get`` takes no lock. Measured with the decode
+    stubbed out (resized 3,000-image split, batch 32, two workers, six alternating pairs):
+    the rank's CPU per step 146 -> 89 us (medians), the workers' per image 19.4 -> 16.8 us."""
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if not self._poll(timeout if block else 0):
+            raise queue.Empty
+        return multiprocessing.reduction.ForkingPickler.loads(self._reader.recv_bytes())
+
+    def cancel_join_thread(self) -> None:  # no thread to join
+        pass
+
+    join_thread = cancel_join_thread
+
+
+class _WorkerContext(multiprocessing.context.ForkServerContext):
+    """Processes started by the fork server, talking through :class:`_PipeQueue`."""
+
+    def Queue(self, maxsize: int = 0) -> _PipeQueue:  # noqa: N802 (multiprocessing's name)
+        return _PipeQueue(ctx=self)
+
+
+_CONTEXT = _WorkerContext()
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
     """The multiprocessing context loader workers start from. The fork server is started
     here unless it runs: call this early to have its imports overlap other start-up work."""
-    ctx = multiprocessing.get_context(WORKER_START)
-    ctx.set_forkserver_preload(PRELOAD)
+    _CONTEXT.set_forkserver_preload(PRELOAD)
     # pyarrow's allocator starts a background thread on import: off, the server stays single-threaded.
     with _env(JE_ARROW_MALLOC_CONF="background_thread:false"):
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
-    return ctx
+    return _CONTEXT
 
 
 @contextlib.contextmanager
