@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Callable, Iterator, TypeVar
 
+from data.quick_exit import skip_final_gc
+
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
@@ -53,10 +55,12 @@ def storage_errors(what: str, consequence: str) -> Iterator[None]:
 
 
 def cli(fn: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a command-line ``main``: a UserError becomes ``error: ...`` on stderr + exit 2."""
+    """Wrap a command-line ``main``: a UserError becomes ``error: ...`` on stderr + exit 2,
+    and the process skips its final garbage collection (:mod:`data.quick_exit`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        skip_final_gc()
         try:
             return fn(*args, **kwargs)
         except UserError as exc:

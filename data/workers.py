@@ -33,8 +33,14 @@ import types
 import weakref
 from typing import Iterator
 
+from data.quick_exit import skip_final_gc
+
 STACKS_DIR_ENV = "SPARKDP_STACKS_DIR"  # set: workers dump their stacks there on SIGUSR1
 PRELOAD = ["data.loader", "petastorm", "petastorm.reader", "petastorm.arrow_reader_worker"]  # every worker's imports
+_SERVER_ENV = "SPARKDP_FORK_SERVER"  # set while the fork server starts: it imports this module
+
+if os.environ.pop(_SERVER_ENV, None):  # the fork server: its exit skips the final collections
+    skip_final_gc()
 
 
 class _PipeQueue(multiprocessing.queues.SimpleQueue):
@@ -74,7 +80,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     here unless it runs: call this early to have its imports overlap other start-up work."""
     _CONTEXT.set_forkserver_preload(PRELOAD)
     # pyarrow's allocator starts a background thread on import: off, the server stays single-threaded.
-    with _env(JE_ARROW_MALLOC_CONF="background_thread:false"):
+    with _env(JE_ARROW_MALLOC_CONF="background_thread:false", **{_SERVER_ENV: "1"}):
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
