@@ -100,9 +100,12 @@ class SlotRing:
         self.given = torch.tensor([j * _SLOT_BASE + j for j in range(slots)]).share_memory_()
         self._next = slots  # in the rank: the next buffer to give a slot
 
-    def slot(self, worker: int, group: int) -> tuple[int, torch.Tensor]:
-        """In a worker: the slot of its ``group``-th buffer, once given, and its rows of it."""
+    def slot(self, worker: int, group: int) -> tuple[int, torch.Tensor] | None:
+        """In a worker: the slot of its ``group``-th buffer, once given, and its rows of it;
+        None once the rank has closed the ring."""
         while (word := int(self.given[group % self.slots])) // _SLOT_BASE != group:
+            if word < 0:
+                return None
             time.sleep(0.001)  # the rank has not freed a slot for it yet
         slot = word % _SLOT_BASE
         return slot, self.images[slot, :, self.offsets[worker]:self.offsets[worker + 1]]
@@ -111,6 +114,13 @@ class SlotRing:
         """In the rank: ``slot`` is done with; the next buffer fills it."""
         self.given[self._next % self.slots] = self._next * _SLOT_BASE + slot
         self._next += 1
+
+    def close(self) -> None:
+        """In the rank: no slot will be given again. A worker waiting for one stops waiting
+        and ends its iteration, so it sees the DataLoader's shutdown at once; otherwise the
+        DataLoader waits 5 s for it to exit, then terminates it (caller kept batches that
+        view every buffer but the workers' last; or it stopped early)."""
+        self.given.fill_(-1)
 
 
 _SLOT_BASE = 1 << 16  # given[j % slots] = j * _SLOT_BASE + slot
@@ -215,7 +225,10 @@ class ParquetImages(IterableDataset):
                 yield self._train_step(step, step_parts, streams)
             return
         for group in itertools.count():
-            slot, buffer = self.ring.slot(worker, group)
+            given = self.ring.slot(worker, group)
+            if given is None:  # the rank closed the loader
+                return
+            slot, buffer = given
             labels = [self._train_step(step, step_parts, streams, buffer[i])[1]
                       for i, (step, step_parts) in enumerate(itertools.islice(todo, self.ring.steps))]
             yield slot, np.stack(labels)
@@ -371,6 +384,8 @@ class Batches:
 
     def close(self) -> None:
         wp.unregister(self)
+        if self.dataset.ring is not None:
+            self.dataset.ring.close()
         shutdown = getattr(self._it, "_shutdown_workers", None)
         if shutdown:
             shutdown()
