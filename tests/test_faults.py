@@ -80,13 +80,16 @@ def test_a_hung_rank_is_named_and_the_job_ends(seven_groups, tmp_path):
     proc = torchrun(*TINY, "--data", seven_groups[0], "--out", out, "--epochs", "50", "--ckpt-every", "2",
                     "--workers", "0", "--dist-timeout", "30")
     wait_for(os.path.join(out, "checkpoints", "last.pt"), proc)
-    hung = rank_processes(proc)[-1]
+    rank0, hung = rank_processes(proc)
     hung.send_signal(signal.SIGSTOP)
     try:
-        result = completed(proc, timeout=180)
+        rank0.wait(timeout=180)  # it gives up after --dist-timeout and exits by itself
     finally:
+        # torchrun then sends the stopped rank SIGTERM, which waits while it is stopped, and
+        # SIGKILL 30 s later: that wait is torchrun's, the test does not sit through it.
         with contextlib.suppress(psutil.NoSuchProcess):
             hung.kill()
+    result = completed(proc, timeout=60)
     assert result.returncode != 0
     assert "[rank 0] error: rank 0 gave up at step" in result.stderr
     assert "rank 1 (last step" in result.stderr and "stopped responding within --dist-timeout 30s" in result.stderr
