@@ -16,7 +16,9 @@ from data.workers import live_workers
 from tests import soak
 from tests.procs import ROOT, finish, start
 
-TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002",
+# Batch 32: a ring message then holds 4 steps, so a worker stopped or killed a few steps in
+# is needed again within ~20 steps (at batch 4 the ring held ~150 steps, ~30 s of training).
+TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.002",
         "--no-progress"]
 
 
